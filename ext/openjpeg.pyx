@@ -33,6 +33,9 @@ cdef extern from "openjpeg.h" nogil:
     ctypedef struct opj_dparameters_t:
         OPJ_UINT32 cp_reduce
         OPJ_UINT32 cp_layer
+        unsigned int flags
+
+    enum: OPJ_DPARAMETERS_IGNORE_PCLR_CMAP_CDEF_FLAG
 
     ctypedef struct opj_image_comp_t:
         OPJ_UINT32 dx
@@ -87,6 +90,7 @@ cdef extern from "openjpeg.h" nogil:
     void opj_set_default_decoder_parameters(opj_dparameters_t *parameters)
     OPJ_BOOL opj_setup_decoder(opj_codec_t *p_codec, opj_dparameters_t *parameters)
     OPJ_BOOL opj_codec_set_threads(opj_codec_t *p_codec, int num_threads)
+    OPJ_BOOL opj_decoder_set_strict_mode(opj_codec_t *p_codec, OPJ_BOOL strict)
     OPJ_BOOL opj_set_error_handler(opj_codec_t *p_codec, opj_msg_callback p_callback, void *p_user_data)
     OPJ_BOOL opj_set_warning_handler(opj_codec_t *p_codec, opj_msg_callback p_callback, void *p_user_data)
     OPJ_BOOL opj_set_info_handler(opj_codec_t *p_codec, opj_msg_callback p_callback, void *p_user_data)
@@ -237,8 +241,13 @@ cdef class J2KDecoder:
         opj_set_default_decoder_parameters(&params)
         params.cp_reduce = reduce
         params.cp_layer = layers
+        # Keep palette indices as they are (SWAP files carry a pclr box): the colour table is
+        # applied later, and a palette-expanded image cannot be region-decoded again.
+        params.flags |= OPJ_DPARAMETERS_IGNORE_PCLR_CMAP_CDEF_FLAG
         if not opj_setup_decoder(self.codec, &params):
             raise DecodeError(self._message("decoder setup failed"))
+        # Strict mode makes a truncated codestream an error instead of silently partial pixels.
+        opj_decoder_set_strict_mode(self.codec, 1)
         if threads > 1:
             opj_codec_set_threads(self.codec, threads)
 

@@ -1,0 +1,209 @@
+"""The Heliostat application: archive, catalog and rendering behind one protocol-free facade.
+
+Protocol layers (gRPC in heliostat.server, the HTTP gateway) validate nothing themselves beyond
+decoding their wire format: every check that names a field happens here, so each protocol reports
+the same errors.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import struct
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from heliostat.archive import sources
+from heliostat.archive.ingest import IngestReport, ingest
+from heliostat.archive.jp2box import JP2FormatError, read_info
+from heliostat.catalog.records import ImageRecord
+from heliostat.catalog.store import Catalog
+from heliostat.config import Profile
+from heliostat.errors import DataLoss, InvalidArgument, NotFound
+from heliostat.imaging import encode
+from heliostat.imaging.decode import JP2Reader
+from heliostat.imaging.resample import resample
+from heliostat.imaging.tiles import FORMATS, Tile, TileRenderer
+
+Direction = Literal["nearest", "before", "after"]
+HOUR_US = 3_600_000_000
+# Helioviewer's getStatus thresholds: 2 h, 4 h, 12 h, 1 week behind.
+_STATUS_LEVELS_US = (2 * HOUR_US, 4 * HOUR_US, 12 * HOUR_US, 168 * HOUR_US)
+MAX_PAGE_SIZE = 10_000
+MAX_EVENLY_SPACED = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class SourceSummary:
+    source: sources.DataSource
+    first: ImageRecord | None
+    last: ImageRecord | None
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class SourceStatus:
+    source: sources.DataSource
+    latest: ImageRecord
+    seconds_behind: int
+    level: int
+
+
+def encode_page_token(cursor: tuple[int, int]) -> str:
+    return base64.urlsafe_b64encode(struct.pack(">qQ", *cursor)).decode()
+
+
+def decode_page_token(token: str) -> tuple[int, int]:
+    try:
+        raw = base64.urlsafe_b64decode(token.encode())
+        t, i = struct.unpack(">qQ", raw)
+    except (binascii.Error, struct.error, ValueError):
+        raise InvalidArgument("not a token this server issued", field="page_token") from None
+    return int(t), int(i)
+
+
+class Heliostat:
+    def __init__(
+        self, archive_root: Path, *, profile: Profile, catalog_path: Path | None = None
+    ) -> None:
+        if not archive_root.is_dir():
+            raise FileNotFoundError(f"archive folder {archive_root} does not exist")
+        self.archive_root = archive_root.resolve()
+        self.profile = profile
+        self.catalog = Catalog(
+            catalog_path or self.archive_root / ".heliostat" / "catalog",
+            map_size=profile.lmdb_map_size,
+        )
+        self.reader = JP2Reader(
+            file_cache_bytes=profile.file_cache_bytes,
+            decoded_cache_bytes=profile.decoded_cache_bytes,
+            full_decode_threads=profile.full_decode_threads,
+        )
+        self.tiles = TileRenderer(self.archive_root, self.reader, cache_bytes=profile.tile_cache_bytes)
+        self._ingest_lock = threading.Lock()
+
+    def close(self) -> None:
+        self.catalog.close()
+
+    def warm(self) -> None:
+        """Compile (or load from cache) every Numba kernel, so no request pays for it."""
+        src = np.zeros((8, 8), np.uint8)
+        out = np.empty((4, 4), np.uint8)
+        alpha = np.empty((4, 4), np.uint8)
+        resample(src, 0.0, 0.0, 1.5, 1.5, out, alpha)
+        for fmt in FORMATS:
+            encode.encode(out, table="sdoaia171", fmt=fmt, quality=85, alpha=None)
+            encode.encode(out, table=None, fmt=fmt, quality=85, alpha=alpha)
+
+    # -- catalog -----------------------------------------------------------------------------
+
+    def image(self, image_id: int, *, field: str = "id") -> ImageRecord:
+        if image_id <= 0:
+            raise InvalidArgument("must be a positive image id", field=field)
+        rec = self.catalog.get(image_id)
+        if rec is None:
+            raise NotFound(f"no image with id {image_id}", field=field)
+        return rec
+
+    @staticmethod
+    def _source(source_id: int) -> sources.DataSource:
+        try:
+            return sources.by_id(source_id)
+        except sources.UnknownSourceError:
+            raise NotFound(f"unknown data source {source_id}", field="source_id") from None
+
+    def closest(self, source_id: int, time_us: int, direction: Direction = "nearest") -> ImageRecord:
+        src = self._source(source_id)
+        rec = self.catalog.closest(source_id, time_us, direction)
+        if rec is None:
+            where = {"nearest": "", "before": " before that time", "after": " after that time"}
+            raise NotFound(f"no {src.name} image{where[direction]}", field="date")
+        return rec
+
+    @staticmethod
+    def _check_range(start_us: int, end_us: int) -> None:
+        if end_us < start_us:
+            raise InvalidArgument("must not be before start", field="end")
+
+    def list_images(
+        self, source_id: int, start_us: int, end_us: int, *, page_size: int, page_token: str = ""
+    ) -> tuple[list[ImageRecord], str]:
+        self._source(source_id)
+        self._check_range(start_us, end_us)
+        if page_size < 0 or page_size > MAX_PAGE_SIZE:
+            raise InvalidArgument(f"must be 0-{MAX_PAGE_SIZE}", field="page_size")
+        after = decode_page_token(page_token) if page_token else None
+        records, cursor = self.catalog.range(
+            source_id, start_us, end_us, limit=page_size or 100, after=after
+        )
+        return records, (encode_page_token(cursor) if cursor else "")
+
+    def evenly_spaced(self, source_id: int, start_us: int, end_us: int, n: int) -> list[ImageRecord]:
+        self._source(source_id)
+        self._check_range(start_us, end_us)
+        if not 1 <= n <= MAX_EVENLY_SPACED:
+            raise InvalidArgument(f"must be 1-{MAX_EVENLY_SPACED}", field="evenly_spaced")
+        return self.catalog.evenly_spaced(source_id, start_us, end_us, n)
+
+    def coverage(
+        self, source_ids: list[int], start_us: int, end_us: int, bin_us: int
+    ) -> dict[int, list[int]]:
+        if not source_ids:
+            raise InvalidArgument("name at least one source", field="source_ids")
+        for sid in source_ids:
+            self._source(sid)
+        self._check_range(start_us, end_us)
+        if bin_us < 1_000_000:
+            raise InvalidArgument("must be at least one second", field="bin")
+        try:
+            return self.catalog.coverage(source_ids, start_us, end_us, bin_us)
+        except ValueError as e:
+            raise InvalidArgument(str(e), field="bin") from None
+
+    def data_sources(self, *, with_data_only: bool = False) -> list[SourceSummary]:
+        counts = self.catalog.source_counts()
+        out = []
+        for src in sources.SOURCES:
+            count = counts.get(src.id, 0)
+            if with_data_only and not count:
+                continue
+            fl = self.catalog.first_last(src.id) if count else None
+            out.append(SourceSummary(src, fl[0] if fl else None, fl[1] if fl else None, count))
+        return out
+
+    def status(self, now_us: int) -> list[SourceStatus]:
+        out = []
+        for summary in self.data_sources(with_data_only=True):
+            assert summary.last is not None
+            behind = max(0, now_us - summary.last.time_us)
+            level = 1 + sum(behind >= t for t in _STATUS_LEVELS_US)
+            out.append(SourceStatus(summary.source, summary.last, behind // 1_000_000, level))
+        return out
+
+    def jp2_header(self, image_id: int) -> str:
+        rec = self.image(image_id)
+        try:
+            info = read_info(self.archive_root / rec.path)
+        except (OSError, JP2FormatError) as e:
+            raise DataLoss(f"cannot read the header of image {image_id}: {e}", field="id") from None
+        return info.xml
+
+    def ingest(self, paths: list[str]) -> IngestReport:
+        """Index files or folders; relative paths are taken from the archive root."""
+        resolved = [p if p.is_absolute() else self.archive_root / p for p in map(Path, paths)]
+        with self._ingest_lock:
+            report = ingest(self.catalog, self.archive_root, resolved, keep_records=True)
+        for rec in report.records:
+            self.tiles.forget(rec.path)
+        return report
+
+    # -- rendering ---------------------------------------------------------------------------
+
+    def tile(
+        self, image_id: int, x: int, y: int, image_scale: float, fmt: str, quality: int
+    ) -> Tile:
+        return self.tiles.render(self.image(image_id, field="image_id"), x, y, image_scale, fmt, quality)

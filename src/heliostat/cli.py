@@ -1,0 +1,129 @@
+"""The ``heliostat`` command: serve, ingest, demo-archive."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from heliostat.config import PROFILES, profile
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from heliostat.archive.ingest import IngestReport, ingest, iter_jp2
+    from heliostat.catalog.store import Catalog
+
+    archive = Path(args.archive).resolve()
+    if not archive.is_dir():
+        print(f"heliostat: archive folder {archive} does not exist", file=sys.stderr)
+        return 2
+    targets = [Path(p) for p in args.paths] or [archive]
+    files = list(iter_jp2(targets))
+    catalog = Catalog(
+        Path(args.catalog) if args.catalog else archive / ".heliostat" / "catalog",
+        map_size=profile(args.profile).lmdb_map_size,
+    )
+    with tqdm(total=len(files), unit="file", disable=args.quiet) as bar:
+
+        def progress(r: IngestReport) -> None:
+            bar.update(r.seen - bar.n)
+            bar.set_postfix(indexed=r.indexed, unchanged=r.unchanged, rejected=len(r.rejected))
+
+        report = ingest(catalog, archive, files, on_batch=progress)
+    catalog.close()
+    for path, reason in report.rejected:
+        print(f"rejected {path}: {reason}", file=sys.stderr)
+    print(
+        f"indexed {report.indexed}, unchanged {report.unchanged}, rejected {len(report.rejected)}"
+    )
+    return 1 if report.rejected and not (report.indexed or report.unchanged) else 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvloop
+
+    from heliostat.app import Heliostat
+    from heliostat.server.main import serve
+
+    archive = Path(args.archive).resolve()
+    app = Heliostat(
+        archive,
+        profile=profile(args.profile),
+        catalog_path=Path(args.catalog) if args.catalog else None,
+    )
+    if args.ingest:
+        report = app.ingest([str(archive)])
+        print(
+            f"heliostat: indexed {report.indexed}, unchanged {report.unchanged}, "
+            f"rejected {len(report.rejected)}",
+            flush=True,
+        )
+        for path, reason in report.rejected:
+            print(f"rejected {path}: {reason}", file=sys.stderr)
+    uvloop.run(serve(app, host=args.host, port=args.grpc_port))
+    return 0
+
+
+def _demo_archive(args: argparse.Namespace) -> int:
+    from heliostat.archive import times
+    from heliostat.demo import build_demo_archive
+
+    dest = Path(args.dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    files = build_demo_archive(
+        dest,
+        sample_dir=Path(args.samples),
+        start_us=times.parse(args.start),
+        hours=args.hours,
+        cadence_s=args.cadence,
+        workers=args.workers,
+    )
+    print(f"demo archive: {len(files)} files in {dest}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="heliostat", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="serve an archive over gRPC")
+    s.add_argument("--archive", required=True, help="archive root folder")
+    s.add_argument("--catalog", help="LMDB catalog folder (default ARCHIVE/.heliostat/catalog)")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--grpc-port", type=int, default=50051)
+    s.add_argument("--profile", choices=sorted(PROFILES), default="small")
+    s.add_argument("--ingest", action="store_true", help="index the archive before serving")
+    s.set_defaults(func=_serve)
+
+    i = sub.add_parser("ingest", help="index JP2 files and folders into the catalog")
+    i.add_argument("paths", nargs="*", help="files or folders inside the archive (default: all)")
+    i.add_argument("--archive", required=True, help="archive root folder")
+    i.add_argument("--catalog", help="LMDB catalog folder (default ARCHIVE/.heliostat/catalog)")
+    i.add_argument("--profile", choices=sorted(PROFILES), default="small")
+    i.add_argument("--quiet", action="store_true", help="no progress bar")
+    i.set_defaults(func=_ingest)
+
+    d = sub.add_parser("demo-archive", help="build a demo archive of real and generated images")
+    d.add_argument("dest", help="archive folder to fill")
+    d.add_argument("--samples", required=True, help="folder of real Helioviewer JP2 files")
+    d.add_argument("--start", default="2014-02-03T00:00:00Z", help="first generated frame")
+    d.add_argument("--hours", type=float, default=3.0)
+    d.add_argument("--cadence", type=int, default=900, help="seconds between generated frames")
+    d.add_argument("--workers", type=int, default=2)
+    d.set_defaults(func=_demo_archive)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (ValueError, FileNotFoundError) as e:
+        print(f"heliostat: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

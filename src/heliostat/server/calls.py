@@ -1,0 +1,64 @@
+"""Running domain calls from gRPC handlers: off the event loop, within the deadline, with
+domain errors turned into status codes that name the field."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
+from typing import NoReturn, TypeVar
+
+import grpc
+
+from heliostat import errors
+
+T = TypeVar("T")
+S = TypeVar("S")
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+CODES: dict[type[errors.HeliostatError], grpc.StatusCode] = {
+    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.OutOfRange: grpc.StatusCode.OUT_OF_RANGE,
+    errors.NotFound: grpc.StatusCode.NOT_FOUND,
+    errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.DataLoss: grpc.StatusCode.DATA_LOSS,
+}
+
+
+async def abort(context: grpc.aio.ServicerContext, e: errors.HeliostatError) -> NoReturn:
+    if e.field:
+        context.set_trailing_metadata((("heliostat-field", e.field),))
+    await context.abort(CODES.get(type(e), grpc.StatusCode.INTERNAL), str(e))
+
+
+def handles_errors(
+    method: Callable[[S, Req, grpc.aio.ServicerContext], Awaitable[Resp]],
+) -> Callable[[S, Req, grpc.aio.ServicerContext], Awaitable[Resp]]:
+    """Turn domain errors raised by a handler into gRPC status codes naming the field."""
+
+    @functools.wraps(method)
+    async def wrapper(self: S, request: Req, context: grpc.aio.ServicerContext) -> Resp:
+        try:
+            return await method(self, request, context)
+        except errors.HeliostatError as e:
+            await abort(context, e)
+
+    return wrapper
+
+
+async def offload(
+    context: grpc.aio.ServicerContext, executor: Executor, fn: Callable[[], T]
+) -> T:
+    """Run CPU or I/O work in the executor, giving up when the caller's deadline passes."""
+    loop = asyncio.get_running_loop()
+    fut = loop.run_in_executor(executor, fn)
+    remaining = context.time_remaining()
+    if remaining is None:
+        return await fut
+    try:
+        return await asyncio.wait_for(fut, max(remaining, 0.0))
+    except TimeoutError:
+        await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")

@@ -1,0 +1,91 @@
+"""The gRPC server: grpc.aio on uvloop, with health, reflection and graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from heliostat.app import Heliostat
+from heliostat.server.archive_service import ArchiveService
+from heliostat.server.render_service import RenderService
+from heliostat.v1 import archive_pb2, archive_pb2_grpc, render_pb2, render_pb2_grpc
+
+SERVICE_NAMES = (
+    archive_pb2.DESCRIPTOR.services_by_name["ArchiveService"].full_name,
+    render_pb2.DESCRIPTOR.services_by_name["RenderService"].full_name,
+)
+MAX_RECEIVE_BYTES = 4 << 20  # requests are small; refuse anything bigger early
+
+
+class Server:
+    def __init__(self, app: Heliostat, *, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.app = app
+        self.host = host
+        self.requested_port = port
+        self.port = 0
+        profile = app.profile
+        self.executor = ThreadPoolExecutor(profile.render_workers, thread_name_prefix="render")
+        self.health = HealthServicer()
+        self.server = grpc.aio.server(
+            options=[
+                ("grpc.so_reuseport", 0),
+                ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
+                ("grpc.max_send_message_length", profile.max_message_bytes),
+            ],
+            maximum_concurrent_rpcs=profile.max_concurrent_rpcs,
+        )
+        archive_pb2_grpc.add_ArchiveServiceServicer_to_server(
+            ArchiveService(app, self.executor), self.server
+        )
+        render_pb2_grpc.add_RenderServiceServicer_to_server(
+            RenderService(app, self.executor), self.server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME),
+            self.server,
+        )
+
+    async def _set_all(self, status: int) -> None:
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, status)
+
+    async def start(self) -> int:
+        """Bind, start, warm the kernels, then report SERVING. Returns the bound port."""
+        port = self.server.add_insecure_port(f"{self.host}:{self.requested_port}")
+        if port == 0:
+            raise OSError(f"cannot listen on {self.host}:{self.requested_port}")
+        self.port = port
+        await self._set_all(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.start()
+        await asyncio.get_running_loop().run_in_executor(self.executor, self.app.warm)
+        await self._set_all(health_pb2.HealthCheckResponse.SERVING)
+        return port
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Report NOT_SERVING so balancers drain, finish in-flight calls, then stop."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        self.executor.shutdown(wait=True, cancel_futures=True)
+        self.app.close()
+
+
+async def serve(app: Heliostat, *, host: str, port: int, grace: float = 10.0) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    server = Server(app, host=host, port=port)
+    bound = await server.start()
+    print(f"heliostat: gRPC listening on {host}:{bound} (profile {app.profile.name})", flush=True)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    await stopping.wait()
+    print("heliostat: shutting down", flush=True)
+    await server.stop(grace)

@@ -1,0 +1,93 @@
+"""Shared fixtures: the real sample JP2 files, archives built from them, and a running server."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from heliostat.archive import naming, sources
+from heliostat.archive.header import read_record
+
+DATA = Path(__file__).parent / "data" / "jp2"
+SAMPLES = sorted(DATA.glob("*.jp2"))
+AIA_171 = sorted(DATA.glob("*SDO_AIA_AIA_171.jp2"))
+LASCO_C3 = next(DATA.glob("*LASCO_C3*.jp2"))
+
+
+def place_samples(root: Path, files: list[Path] = SAMPLES) -> list[Path]:
+    """Copy sample files into their Helioviewer folders under root."""
+    out = []
+    for f in files:
+        rec = read_record(f, f.name)
+        dest = root / naming.folder(sources.by_id(rec.source_id), rec.time_us) / f.name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(f, dest)
+        out.append(dest)
+    return out
+
+
+@pytest.fixture
+def archive(tmp_path: Path) -> Path:
+    root = tmp_path / "archive"
+    place_samples(root)
+    return root
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RunningServer:
+    def __init__(self, archive: Path, proc: subprocess.Popen[str], port: int) -> None:
+        self.archive = archive
+        self.proc = proc
+        self.port = port
+        self.target = f"127.0.0.1:{port}"
+
+
+def start_server(archive: Path, *extra: str, ingest: bool = True) -> RunningServer:
+    port = free_port()
+    cmd = [sys.executable, "-m", "heliostat.cli", "serve", "--archive", str(archive),
+           "--grpc-port", str(port), *(["--ingest"] if ingest else []), *extra]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+    from heliostat.client import HeliostatClient
+
+    with HeliostatClient(f"127.0.0.1:{port}") as c:
+        try:
+            c.wait_ready(timeout=120)
+        except TimeoutError:
+            proc.kill()
+            out = proc.communicate()[0]
+            raise RuntimeError(f"server did not start:\n{out}") from None
+    return RunningServer(archive, proc, port)
+
+
+def stop_server(server: RunningServer) -> str:
+    server.proc.terminate()
+    try:
+        out, _ = server.proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.proc.kill()
+        out, _ = server.proc.communicate()
+    return out
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    root = tmp_path_factory.mktemp("served") / "archive"
+    place_samples(root)
+    srv = start_server(root)
+    time.sleep(0)
+    yield srv
+    stop_server(srv)

@@ -1,0 +1,219 @@
+"""Tile geometry (Helioviewer's grid), the resampling kernel and the tile renderer."""
+
+from __future__ import annotations
+
+import io
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from heliostat.archive.header import read_record
+from heliostat.errors import DataLoss, FailedPrecondition, InvalidArgument, OutOfRange
+from heliostat.imaging._openjpeg import J2KDecoder
+from heliostat.imaging.decode import JP2Reader
+from heliostat.imaging.resample import resample
+from heliostat.imaging.tiles import TILE_SIZE, TileRenderer, plan_tile, tile_range
+
+from .conftest import AIA_171, DATA, LASCO_C3
+
+
+def _reference_resample(
+    src: np.ndarray, x0: float, y0: float, sx: float, sy: float, n: int
+) -> np.ndarray:
+    """Brute-force triangle filter, one output pixel at a time."""
+
+    def weights(c: float, size: int, s: float) -> np.ndarray:
+        r = max(1.0, s)
+        i = np.arange(size)
+        w = np.clip(1 - np.abs(i - c) / r, 0, None)
+        return w / w.sum()
+
+    out = np.zeros((n, n))
+    for v in range(n):
+        wy = weights(y0 + (v + 0.5) * sy - 0.5, src.shape[0], sy)
+        for u in range(n):
+            wx = weights(x0 + (u + 0.5) * sx - 0.5, src.shape[1], sx)
+            out[v, u] = wy @ src.astype(float) @ wx
+    return np.floor(out + 0.5).astype(np.uint8)
+
+
+@pytest.mark.parametrize("step", [1.0, 0.6, 1.37, 1.999])
+def test_resample_matches_brute_force(step: float) -> None:
+    rng = np.random.default_rng(1)
+    src = rng.integers(0, 256, (60, 70), dtype=np.uint8)
+    out = np.empty((24, 24), np.uint8)
+    alpha = np.empty((24, 24), np.uint8)
+    resample(src, 3.25, 2.5, step, step, out, alpha)
+    ref = _reference_resample(src, 3.25, 2.5, step, step, 24)
+    assert np.abs(out.astype(int) - ref).max() <= 1
+    assert alpha.min() == 255
+
+
+def test_resample_identity_and_strided_source() -> None:
+    big = np.random.default_rng(2).integers(0, 256, (100, 100), dtype=np.uint8)
+    view = big[10:90, 20:95]
+    out = np.empty((30, 30), np.uint8)
+    alpha = np.empty((30, 30), np.uint8)
+    resample(view, 5.0, 7.0, 1.0, 1.0, out, alpha)
+    assert np.array_equal(out, view[7:37, 5:35])
+
+
+def test_resample_marks_outside_transparent() -> None:
+    src = np.full((10, 10), 200, np.uint8)
+    out = np.empty((20, 20), np.uint8)
+    alpha = np.empty((20, 20), np.uint8)
+    resample(src, -5.0, 0.0, 1.0, 1.0, out, alpha)
+    assert (alpha[:10, :5] == 0).all() and (alpha[:10, 5:15] == 255).all()
+    assert (alpha[10:, :] == 0).all()
+    assert (out[:10, 5:15] == 200).all()
+
+
+def test_tile_range_matches_helioviewer_client() -> None:
+    # AIA at 2.42044 arcsec/px shows ~998 px: tiles -1..0; at native scale 4096 px: -4..3.
+    assert tile_range(4096, 0.59, 2.42044) == (-1, 0)
+    assert tile_range(4096, 0.59, 0.59) == (-4, 3)
+    assert tile_range(4096, 0.59, 0.30255511) == (-8, 7)
+    assert tile_range(1024, 56.0, 1000.0) == (-1, 0)
+
+
+def test_plan_power_of_two() -> None:
+    p = plan_tile(4096, 4096, 9, 0.6, 2.4, -1, -1)
+    assert p.reduce == 2 and p.step == pytest.approx(1.0)
+    assert (p.kx0, p.ky0) == (0, 0)
+    assert (p.x0, p.y0) == (0.0, 0.0)
+    p = plan_tile(4096, 4096, 9, 0.6, 0.6 * 3, 0, 0)
+    assert p.reduce == 1 and p.step == pytest.approx(1.5)
+
+
+@pytest.mark.parametrize(
+    ("scale", "x", "y", "field", "err"),
+    [
+        (0.0, 0, 0, "image_scale", InvalidArgument),
+        (float("nan"), 0, 0, "image_scale", InvalidArgument),
+        (-1.0, 0, 0, "image_scale", InvalidArgument),
+        (1e9, 0, 0, "image_scale", InvalidArgument),
+        (0.001, 0, 0, "image_scale", InvalidArgument),
+        (0.6, 4, 0, "x", OutOfRange),
+        (0.6, 0, -5, "y", OutOfRange),
+    ],
+)
+def test_plan_rejects(scale: float, x: int, y: int, field: str, err: type[Exception]) -> None:
+    with pytest.raises(err) as info:
+        plan_tile(4096, 4096, 9, 0.6, scale, x, y)
+    assert info.value.field == field  # type: ignore[attr-defined]
+
+
+def _renderer(root: Path) -> TileRenderer:
+    return TileRenderer(root, JP2Reader(), cache_bytes=64 << 20)
+
+
+def _decode_png(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGBA"))
+
+
+def test_native_scale_tile_is_the_decoded_region(tmp_path: Path) -> None:
+    f = AIA_171[0]
+    rec = read_record(f, f.name)
+    r = _renderer(f.parent)
+    samples, alpha, reduce = r.pixels(rec, 0, -1, rec.scale)
+    assert reduce == 0 and alpha is None
+    region = J2KDecoder(f.read_bytes(), 0).decode(2048, 1536, 2560, 2048)
+    assert np.array_equal(samples, region)
+
+
+def test_power_of_two_tile_is_the_reduced_decode() -> None:
+    f = AIA_171[1]
+    rec = read_record(f, f.name)
+    samples, alpha, reduce = _renderer(f.parent).pixels(rec, -1, 0, rec.scale * 4)
+    assert reduce == 2 and alpha is None
+    full = J2KDecoder(f.read_bytes(), 2).decode(0, 0, 4096, 4096)
+    assert np.array_equal(samples, full[512:1024, 0:512])
+
+
+def test_many_tiles_from_one_image_equal_region_decodes() -> None:
+    f = AIA_171[2]
+    rec = read_record(f, f.name)
+    r = _renderer(f.parent)
+    dec = J2KDecoder(f.read_bytes(), 0)
+    # More tiles than promote_after: later ones come from the cached whole-image decode.
+    for x, y in [(-4, -4), (3, 3), (0, 0), (-1, 2), (2, -3), (1, 1), (-2, 0), (3, -4)]:
+        samples, _, _ = r.pixels(rec, x, y, rec.scale)
+        x0, y0 = 2048 + 512 * x, 2048 + 512 * y
+        assert np.array_equal(samples, dec.decode(x0, y0, x0 + 512, y0 + 512)), (x, y)
+    assert r.stats()["decoded_images"].entries == 1
+
+
+def _weights(n_out: int, n_src: int, start: float, step: float) -> np.ndarray:
+    r = max(1.0, step)
+    c = start + (np.arange(n_out) + 0.5) * step - 0.5
+    w = np.clip(1 - np.abs(np.arange(n_src)[None, :] - c[:, None]) / r, 0, None)
+    return w / np.maximum(w.sum(axis=1, keepdims=True), 1e-12)
+
+
+@pytest.mark.parametrize(("ratio", "x", "y"), [(3.0, 0, -1), (1.3, -1, 0), (0.45, 2, -3)])
+def test_any_scale_follows_helioviewer_geometry(ratio: float, x: int, y: int) -> None:
+    # Independent reference: the tile's top-left corner sits at native (W/2 + 512·x·ratio,
+    # H/2 + 512·y·ratio); reduce = floor(log2 ratio); the rest is a triangle filter.
+    rec = read_record(LASCO_C3, LASCO_C3.name)
+    samples, alpha, reduce = _renderer(LASCO_C3.parent).pixels(rec, x, y, rec.scale * ratio)
+    assert reduce == max(0, math.floor(math.log2(ratio)))
+    f = 2**reduce
+    full = J2KDecoder(LASCO_C3.read_bytes(), reduce).decode(0, 0, 1024, 1024).astype(float)
+    step = ratio / f
+    wy = _weights(512, full.shape[0], (512 + 512 * y * ratio) / f, step)
+    wx = _weights(512, full.shape[1], (512 + 512 * x * ratio) / f, step)
+    ref = np.floor(wy @ full @ wx.T + 0.5)
+    inside = np.ones((512, 512), bool) if alpha is None else alpha == 255
+    assert inside.any()
+    assert np.abs(samples[inside] - ref[inside]).max() <= 1
+
+
+def test_edge_tiles_are_transparent_outside_the_image() -> None:
+    swap = sorted(DATA.glob("*SWAP*.jp2"))[0]
+    rec = read_record(swap, swap.name)
+    # At 3x native scale the 1024 px image is 341 px: tile (-1,-1) holds its top-left quarter.
+    samples, alpha, _ = _renderer(swap.parent).pixels(rec, -1, -1, rec.scale * 3)
+    assert alpha is not None
+    inside = 1024 / 2 / 3
+    edge = math.ceil(TILE_SIZE - inside)
+    assert (alpha[:, : edge - 1] == 0).all() and (alpha[edge + 1 :, edge + 1 :] == 255).all()
+
+
+def test_render_encodes_and_caches(tmp_path: Path) -> None:
+    f = AIA_171[0]
+    rec = read_record(f, f.name)
+    r = _renderer(f.parent)
+    t1 = r.render(rec, 0, 0, rec.scale * 2, "png", 85)
+    t2 = r.render(rec, 0, 0, rec.scale * 2, "png", 85)
+    assert t1 is t2 and t1.content_type == "image/png" and t1.reduce == 1
+    rgba = _decode_png(t1.data)
+    assert rgba.shape == (512, 512, 4)
+    # AIA 171's table is gold: red >= green >= blue on the disc.
+    disc = rgba[100:400, 100:400].reshape(-1, 4).astype(int)
+    assert (disc[:, 0] >= disc[:, 1]).mean() > 0.99 and (disc[:, 1] >= disc[:, 2]).mean() > 0.99
+    jpeg = r.render(rec, 0, 0, rec.scale * 2, "jpeg", 80)
+    assert jpeg.data[:3] == b"\xff\xd8\xff"
+    webp = r.render(rec, 0, 0, rec.scale * 2, "webp", 80)
+    assert webp.data[8:12] == b"WEBP"
+    with pytest.raises(InvalidArgument, match="format"):
+        r.render(rec, 0, 0, rec.scale, "gif", 80)
+    with pytest.raises(InvalidArgument, match="quality"):
+        r.render(rec, 0, 0, rec.scale, "png", 0)
+
+
+def test_changed_and_corrupt_files(tmp_path: Path) -> None:
+    swap = sorted(DATA.glob("*SWAP*.jp2"))[0]
+    copy = tmp_path / swap.name
+    shutil.copy2(swap, copy)
+    rec = read_record(copy, copy.name)
+    data = copy.read_bytes()
+    copy.write_bytes(data[: len(data) // 2])  # truncated, as by an interrupted transfer
+    with pytest.raises(FailedPrecondition, match="changed since it was indexed"):
+        _renderer(tmp_path).pixels(rec, 0, 0, rec.scale)
+    rec = read_record(copy, copy.name)
+    with pytest.raises(DataLoss, match="cannot be decoded"):
+        _renderer(tmp_path).pixels(rec, 0, 0, rec.scale)
