@@ -63,13 +63,17 @@ def start_server(archive: Path, *extra: str, ingest: bool = True) -> RunningServ
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
     from heliostat.client import HeliostatClient
 
+    deadline = time.monotonic() + 120
     with HeliostatClient(f"127.0.0.1:{port}") as c:
-        try:
-            c.wait_ready(timeout=120)
-        except TimeoutError:
-            proc.kill()
-            out = proc.communicate()[0]
-            raise RuntimeError(f"server did not start:\n{out}") from None
+        while True:
+            try:
+                c.wait_ready(timeout=1)
+                break
+            except TimeoutError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    proc.kill()
+                    out = proc.communicate()[0]
+                    raise RuntimeError(f"server did not start:\n{out}") from None
     return RunningServer(archive, proc, port)
 
 
@@ -88,6 +92,5 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     root = tmp_path_factory.mktemp("served") / "archive"
     place_samples(root)
     srv = start_server(root)
-    time.sleep(0)
     yield srv
     stop_server(srv)

@@ -74,10 +74,9 @@ class Heliostat:
             raise FileNotFoundError(f"archive folder {archive_root} does not exist")
         self.archive_root = archive_root.resolve()
         self.profile = profile
-        self.catalog = Catalog(
-            catalog_path or self.archive_root / ".heliostat" / "catalog",
-            map_size=profile.lmdb_map_size,
-        )
+        catalog_path = catalog_path or self.archive_root / ".heliostat" / "catalog"
+        catalog_path.mkdir(parents=True, exist_ok=True)
+        self.catalog = Catalog(catalog_path, map_size=profile.lmdb_map_size)
         self.reader = JP2Reader(
             file_cache_bytes=profile.file_cache_bytes,
             decoded_cache_bytes=profile.decoded_cache_bytes,

@@ -21,10 +21,9 @@ def _ingest(args: argparse.Namespace) -> int:
         return 2
     targets = [Path(p) for p in args.paths] or [archive]
     files = list(iter_jp2(targets))
-    catalog = Catalog(
-        Path(args.catalog) if args.catalog else archive / ".heliostat" / "catalog",
-        map_size=profile(args.profile).lmdb_map_size,
-    )
+    catalog_path = Path(args.catalog) if args.catalog else archive / ".heliostat" / "catalog"
+    catalog_path.mkdir(parents=True, exist_ok=True)
+    catalog = Catalog(catalog_path, map_size=profile(args.profile).lmdb_map_size)
     with tqdm(total=len(files), unit="file", disable=args.quiet) as bar:
 
         def progress(r: IngestReport) -> None:
