@@ -61,7 +61,7 @@ class JP2Reader:
         file_cache_bytes: int = 256 << 20,
         decoded_cache_bytes: int = 512 << 20,
         full_decode_pixels: int = 1024 * 1024,
-        promote_after: int = 4,
+        promote_after: int = 2,
         full_decode_threads: int = 1,
         max_pooled_keys: int = 64,
     ) -> None:

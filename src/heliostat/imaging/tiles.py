@@ -105,6 +105,22 @@ def plan_tile(
     return TilePlan(reduce, step, kx0, ky0, kx1, ky1, ox, oy)
 
 
+def _copy_window(
+    src: npt.NDArray[np.uint8],
+    ix: int,
+    iy: int,
+    out: npt.NDArray[np.uint8],
+    alpha: npt.NDArray[np.uint8],
+) -> None:
+    """The exact-scale case: the tile is a window of src at (ix, iy); out and alpha start at 0."""
+    h, w = src.shape
+    n = out.shape[0]
+    x0, y0, x1, y1 = max(ix, 0), max(iy, 0), min(ix + n, w), min(iy + n, h)
+    if x0 < x1 and y0 < y1:
+        out[y0 - iy : y1 - iy, x0 - ix : x1 - ix] = src[y0:y1, x0:x1]
+        alpha[y0 - iy : y1 - iy, x0 - ix : x1 - ix] = 255
+
+
 @dataclass(frozen=True, slots=True)
 class Tile:
     data: bytes
@@ -159,7 +175,10 @@ class TileRenderer:
             alpha = np.zeros((TILE_SIZE, TILE_SIZE), np.uint8)
             if not plan.empty:
                 src = self.reader.region(fk, plan.reduce, plan.kx0, plan.ky0, plan.kx1, plan.ky1)
-                resample(src, plan.x0, plan.y0, plan.step, plan.step, out, alpha)
+                if plan.step == 1.0 and plan.x0.is_integer() and plan.y0.is_integer():
+                    _copy_window(src, int(plan.x0), int(plan.y0), out, alpha)
+                else:
+                    resample(src, plan.x0, plan.y0, plan.step, plan.step, out, alpha)
         except FileChangedError as e:
             raise FailedPrecondition(f"{e}; re-ingest it", field="image_id") from None
         except DecodeError as e:
