@@ -20,10 +20,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
+from conftest import SAMPLES, start_server, stop_server  # noqa: E402
 from grpc_health.v1 import health_pb2  # noqa: E402
 
 from bench.harness import Report, percentiles  # noqa: E402
-from conftest import SAMPLES, start_server, stop_server  # noqa: E402
 from heliostat.archive import naming, sources, times  # noqa: E402
 from heliostat.archive.header import read_record  # noqa: E402
 from heliostat.archive.ingest import ingest  # noqa: E402

@@ -23,10 +23,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 import grpc  # noqa: E402
+from conftest import AIA_171, place_samples, start_server, stop_server  # noqa: E402
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 
 from bench.harness import Report, percentiles  # noqa: E402
-from conftest import AIA_171, place_samples, start_server, stop_server  # noqa: E402
 from heliostat.archive.header import read_record  # noqa: E402
 from heliostat.client import HeliostatClient  # noqa: E402
 from heliostat.imaging._openjpeg import J2KDecoder  # noqa: E402
@@ -97,7 +97,9 @@ def _dt(f: Path):  # type: ignore[no-untyped-def]
     return times.to_datetime(read_record(f, f.name).time_us)
 
 
-async def _cached_qps(target: str, image_id: int, scale: float, n: int = 6000) -> tuple[float, float]:
+async def _cached_qps(
+    target: str, image_id: int, scale: float, n: int = 6000
+) -> tuple[float, float]:
     """Closed-loop QPS with 32 requests in flight over 4 channels; interleaved rounds."""
     channels = [grpc.aio.insecure_channel(target) for _ in range(4)]
     tiles = [render_pb2_grpc.RenderServiceStub(ch) for ch in channels]

@@ -91,9 +91,11 @@ class Report:
         fig = Figure(name, value, unit, baseline_name, baseline_value, ratio, target, met, detail)
         self.figures.append(fig)
         status = "" if met is None else ("  [met]" if met else "  [NOT met]")
-        base = f"  (baseline {baseline_name}: {baseline_value:.4g} {unit}, ratio {ratio:.3g})" if (
-            baseline_value and ratio is not None
-        ) else ""
+        base = (
+            f"  (baseline {baseline_name}: {baseline_value:.4g} {unit}, ratio {ratio:.3g})"
+            if (baseline_value and ratio is not None)
+            else ""
+        )
         print(f"{self.name}: {name} = {value:.4g} {unit}{base}{status}", flush=True)
         return fig
 
@@ -124,8 +126,7 @@ class Report:
             base = f"{f.baseline_name}: {f.baseline_value:.4g} {f.unit}" if f.baseline_value else ""
             ratio = f"{f.ratio:.3g}" if f.ratio is not None else ""
             met = "" if f.met is None else ("yes" if f.met else "**no**")
-            lines.append(
-                f"| {f.name} | {f.value:.4g} {f.unit} | {base} | {ratio} | {f.target or ''} | {met} |"
-            )
+            value = f"{f.value:.4g} {f.unit}"
+            lines.append(f"| {f.name} | {value} | {base} | {ratio} | {f.target or ''} | {met} |")
         (RESULTS / f"{self.name}.md").write_text("\n".join(lines) + "\n")
         return path

@@ -113,9 +113,7 @@ def test_unescaped_characters_are_tolerated(tmp_path: Path) -> None:
         (("<DSUN_OBS>151912951632</DSUN_OBS>", "<DSUN_OBS>9e11</DSUN_OBS>"), "DSUN_OBS"),
     ],
 )
-def test_bad_headers_name_the_keyword(
-    tmp_path: Path, edit: tuple[str, str], message: str
-) -> None:
+def test_bad_headers_name_the_keyword(tmp_path: Path, edit: tuple[str, str], message: str) -> None:
     xml = _swap_xml()
     assert edit[0] in xml
     with pytest.raises((HeaderError, LookupError), match=message):

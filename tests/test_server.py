@@ -34,7 +34,12 @@ def test_data_sources_and_status(client: HeliostatClient) -> None:
     srcs = {s.id: s for s in client.data_sources(with_data_only=True)}
     assert set(srcs) == {0, 5, 7, 10, 18, 32}
     aia = srcs[10]
-    assert (aia.name, aia.observatory, aia.measurement, aia.image_count) == ("AIA 171", "SDO", "171", 4)
+    assert (aia.name, aia.observatory, aia.measurement, aia.image_count) == (
+        "AIA 171",
+        "SDO",
+        "171",
+        4,
+    )
     assert aia.first.ToDatetime(tzinfo=UTC) == datetime(2014, 2, 3, 2, 8, 47, 340000, tzinfo=UTC)
     assert aia.last.ToDatetime(tzinfo=UTC) == datetime(2014, 2, 3, 3, 30, 23, 340000, tzinfo=UTC)
     assert len(client.data_sources()) > len(srcs)
@@ -128,7 +133,13 @@ def test_health_and_reflection(client: HeliostatClient) -> None:
     r = client.health.Check(health_pb2.HealthCheckRequest(service="heliostat.v1.RenderService"))
     assert r.status == health_pb2.HealthCheckResponse.SERVING
     stub = reflection_pb2_grpc.ServerReflectionStub(client.channel)
-    resp = next(iter(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))))
+    resp = next(
+        iter(
+            stub.ServerReflectionInfo(
+                iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+            )
+        )
+    )
     names = {s.name for s in resp.list_services_response.service}
     assert {"heliostat.v1.ArchiveService", "heliostat.v1.RenderService"} <= names
 

@@ -176,7 +176,7 @@ def test_edge_tiles_are_transparent_outside_the_image() -> None:
     swap = sorted(DATA.glob("*SWAP*.jp2"))[0]
     rec = read_record(swap, swap.name)
     # At 3x native scale the 1024 px image is 341 px: tile (-1,-1) holds its top-left quarter.
-    samples, alpha, _ = _renderer(swap.parent).pixels(rec, -1, -1, rec.scale * 3)
+    _samples, alpha, _ = _renderer(swap.parent).pixels(rec, -1, -1, rec.scale * 3)
     assert alpha is not None
     inside = 1024 / 2 / 3
     edge = math.ceil(TILE_SIZE - inside)

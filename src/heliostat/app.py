@@ -82,7 +82,9 @@ class Heliostat:
             decoded_cache_bytes=profile.decoded_cache_bytes,
             full_decode_threads=profile.full_decode_threads,
         )
-        self.tiles = TileRenderer(self.archive_root, self.reader, cache_bytes=profile.tile_cache_bytes)
+        self.tiles = TileRenderer(
+            self.archive_root, self.reader, cache_bytes=profile.tile_cache_bytes
+        )
         self._ingest_lock = threading.Lock()
 
     def close(self) -> None:
@@ -115,7 +117,9 @@ class Heliostat:
         except sources.UnknownSourceError:
             raise NotFound(f"unknown data source {source_id}", field="source_id") from None
 
-    def closest(self, source_id: int, time_us: int, direction: Direction = "nearest") -> ImageRecord:
+    def closest(
+        self, source_id: int, time_us: int, direction: Direction = "nearest"
+    ) -> ImageRecord:
         src = self._source(source_id)
         rec = self.catalog.closest(source_id, time_us, direction)
         if rec is None:
@@ -141,7 +145,9 @@ class Heliostat:
         )
         return records, (encode_page_token(cursor) if cursor else "")
 
-    def evenly_spaced(self, source_id: int, start_us: int, end_us: int, n: int) -> list[ImageRecord]:
+    def evenly_spaced(
+        self, source_id: int, start_us: int, end_us: int, n: int
+    ) -> list[ImageRecord]:
         self._source(source_id)
         self._check_range(start_us, end_us)
         if not 1 <= n <= MAX_EVENLY_SPACED:
@@ -205,4 +211,6 @@ class Heliostat:
     def tile(
         self, image_id: int, x: int, y: int, image_scale: float, fmt: str, quality: int
     ) -> Tile:
-        return self.tiles.render(self.image(image_id, field="image_id"), x, y, image_scale, fmt, quality)
+        return self.tiles.render(
+            self.image(image_id, field="image_id"), x, y, image_scale, fmt, quality
+        )

@@ -64,7 +64,10 @@ class HeliostatClient:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.close()
 
@@ -153,7 +156,9 @@ class HeliostatClient:
         return {s.source_id: list(s.counts) for s in r.series}
 
     def status(self) -> list[archive_pb2.SourceStatus]:
-        return list(self.archive.GetStatus(archive_pb2.GetStatusRequest(), timeout=self.timeout).sources)
+        return list(
+            self.archive.GetStatus(archive_pb2.GetStatusRequest(), timeout=self.timeout).sources
+        )
 
     def jp2_header(self, image_id: int) -> str:
         return self.archive.GetJP2Header(
@@ -161,7 +166,9 @@ class HeliostatClient:
         ).xml
 
     def ingest(self, paths: Sequence[str]) -> archive_pb2.IngestResponse:
-        return self.archive.Ingest(archive_pb2.IngestRequest(paths=list(paths)), timeout=self.timeout)
+        return self.archive.Ingest(
+            archive_pb2.IngestRequest(paths=list(paths)), timeout=self.timeout
+        )
 
     # -- rendering -----------------------------------------------------------------------------
 

@@ -74,7 +74,9 @@ class SizedLRU(Generic[K, V]):
     def stats(self) -> CacheStats:
         with self._lock:
             s = self._stats
-            return CacheStats(s.hits, s.misses, s.evictions, len(self._data), self._size, self.capacity)
+            return CacheStats(
+                s.hits, s.misses, s.evictions, len(self._data), self._size, self.capacity
+            )
 
     def __len__(self) -> int:
         with self._lock:

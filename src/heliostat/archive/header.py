@@ -202,9 +202,7 @@ def _rotation(h: Header) -> float:
     return 0.0
 
 
-def build_record(
-    h: Header, info: JP2Info, *, rel_path: str, file_mtime_ns: int
-) -> ImageRecord:
+def build_record(h: Header, info: JP2Info, *, rel_path: str, file_mtime_ns: int) -> ImageRecord:
     """The catalog record of an image from its parsed header and codestream facts."""
     width = h.number("NAXIS1")
     height = h.number("NAXIS2")

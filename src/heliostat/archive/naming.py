@@ -42,9 +42,7 @@ def parse_file_name(name: str) -> ParsedName:
 
 def file_name(source: DataSource, time_us: int) -> str:
     dt = times.to_datetime(time_us)
-    return (
-        f"{dt:%Y_%m_%d__%H_%M_%S}_{dt.microsecond // 1000:03d}__{source.file_suffix}.jp2"
-    )
+    return f"{dt:%Y_%m_%d__%H_%M_%S}_{dt.microsecond // 1000:03d}__{source.file_suffix}.jp2"
 
 
 def folder(source: DataSource, time_us: int) -> str:

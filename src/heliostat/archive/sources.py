@@ -55,30 +55,89 @@ def _build() -> tuple[DataSource, ...]:
             _src(i, "SOHO", "EIT", "EIT", wl, f"EIT {wl}", "EIT", f"sohoeit{wl}", f"EIT {wl} Å")
         )
     out.append(
-        _src(4, "SOHO", "LASCO", "C2", "white-light", "LASCO C2", "LASCO-C2", "soholasco2",
-             "LASCO C2 white-light coronagraph", layer=2)
+        _src(
+            4,
+            "SOHO",
+            "LASCO",
+            "C2",
+            "white-light",
+            "LASCO C2",
+            "LASCO-C2",
+            "soholasco2",
+            "LASCO C2 white-light coronagraph",
+            layer=2,
+        )
     )
     out.append(
-        _src(5, "SOHO", "LASCO", "C3", "white-light", "LASCO C3", "LASCO-C3", "soholasco3",
-             "LASCO C3 white-light coronagraph", layer=3)
+        _src(
+            5,
+            "SOHO",
+            "LASCO",
+            "C3",
+            "white-light",
+            "LASCO C3",
+            "LASCO-C3",
+            "soholasco3",
+            "LASCO C3 white-light coronagraph",
+            layer=3,
+        )
     )
-    out.append(_src(6, "SOHO", "MDI", "MDI", "magnetogram", "MDI Mag", "MDI", None,
-                    "MDI line-of-sight magnetogram"))
-    out.append(_src(7, "SOHO", "MDI", "MDI", "continuum", "MDI Int", "MDI", None,
-                    "MDI continuum intensity"))
-    for i, wl in enumerate(("94", "131", "171", "193", "211", "304", "335", "1600", "1700", "4500")):
+    out.append(
+        _src(
+            6,
+            "SOHO",
+            "MDI",
+            "MDI",
+            "magnetogram",
+            "MDI Mag",
+            "MDI",
+            None,
+            "MDI line-of-sight magnetogram",
+        )
+    )
+    out.append(
+        _src(
+            7, "SOHO", "MDI", "MDI", "continuum", "MDI Int", "MDI", None, "MDI continuum intensity"
+        )
+    )
+    for i, wl in enumerate(
+        ("94", "131", "171", "193", "211", "304", "335", "1600", "1700", "4500")
+    ):
         out.append(
             _src(8 + i, "SDO", "AIA", "AIA", wl, f"AIA {wl}", "AIA", f"sdoaia{wl}", f"AIA {wl} Å")
         )
-    out.append(_src(18, "SDO", "HMI", "HMI", "continuum", "HMI Int", "HMI", None,
-                    "HMI continuum intensity"))
-    out.append(_src(19, "SDO", "HMI", "HMI", "magnetogram", "HMI Mag", "HMI", None,
-                    "HMI line-of-sight magnetogram"))
+    out.append(
+        _src(
+            18, "SDO", "HMI", "HMI", "continuum", "HMI Int", "HMI", None, "HMI continuum intensity"
+        )
+    )
+    out.append(
+        _src(
+            19,
+            "SDO",
+            "HMI",
+            "HMI",
+            "magnetogram",
+            "HMI Mag",
+            "HMI",
+            None,
+            "HMI line-of-sight magnetogram",
+        )
+    )
     for base, craft, tag in ((20, "STEREO_A", "A"), (24, "STEREO_B", "B")):
         for i, wl in enumerate(("171", "195", "284", "304")):
             out.append(
-                _src(base + i, craft, "SECCHI", "EUVI", wl, f"EUVI-{tag} {wl}", f"EUVI-{tag}",
-                     f"euvi{wl}", f"SECCHI EUVI-{tag} {wl} Å")
+                _src(
+                    base + i,
+                    craft,
+                    "SECCHI",
+                    "EUVI",
+                    wl,
+                    f"EUVI-{tag} {wl}",
+                    f"EUVI-{tag}",
+                    f"euvi{wl}",
+                    f"SECCHI EUVI-{tag} {wl} Å",
+                )
             )
     for sid, craft, det, tag, layer in (
         (28, "STEREO_A", "COR1", "A", 2),
@@ -87,9 +146,18 @@ def _build() -> tuple[DataSource, ...]:
         (31, "STEREO_B", "COR2", "B", 3),
     ):
         out.append(
-            _src(sid, craft, "SECCHI", det, "white-light", f"{det}-{tag}", f"{det}-{tag}",
-                 f"stereo{det.lower()}", f"SECCHI {det}-{tag} white-light coronagraph",
-                 layer=layer)
+            _src(
+                sid,
+                craft,
+                "SECCHI",
+                det,
+                "white-light",
+                f"{det}-{tag}",
+                f"{det}-{tag}",
+                f"stereo{det.lower()}",
+                f"SECCHI {det}-{tag} white-light coronagraph",
+                layer=layer,
+            )
         )
     out.append(_src(32, "PROBA2", "SWAP", "SWAP", "174", "SWAP 174", "SWAP", None, "SWAP 174 Å"))
     return tuple(out)
@@ -117,8 +185,8 @@ def by_keys(observatory: str, instrument: str, detector: str, measurement: str) 
         return _BY_KEYS[key]
     except KeyError:
         raise UnknownSourceError(
-            "no data source for observatory={!r} instrument={!r} detector={!r} "
-            "measurement={!r}".format(observatory, instrument, detector, measurement)
+            f"no data source for observatory={observatory!r} instrument={instrument!r} "
+            f"detector={detector!r} measurement={measurement!r}"
         ) from None
 
 
@@ -130,9 +198,9 @@ def tree() -> dict[str, dict[str, dict[str, dict[str, DataSource]]]]:
     """observatory → instrument → detector → measurement → source, in id order."""
     out: dict[str, dict[str, dict[str, dict[str, DataSource]]]] = {}
     for s in SOURCES:
-        out.setdefault(s.observatory, {}).setdefault(s.instrument, {}).setdefault(
-            s.detector, {}
-        )[s.measurement] = s
+        out.setdefault(s.observatory, {}).setdefault(s.instrument, {}).setdefault(s.detector, {})[
+            s.measurement
+        ] = s
     return out
 
 

@@ -13,7 +13,8 @@ from datetime import UTC, datetime, timedelta
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _DATE_RE = re.compile(r"^\s*(\d{4})[-/.](\d{1,2})[-/.](\d{1,2})\s*$")
 _DATETIME_RE = re.compile(
-    r"^\s*(\d{4})[-/.](\d{1,2})[-/.](\d{1,2})[T _](\d{1,2}):(\d{1,2}):(\d{1,2})(?:\.(\d+))?\s*Z?\s*$"
+    r"^\s*(\d{4})[-/.](\d{1,2})[-/.](\d{1,2})[T _]"
+    r"(\d{1,2}):(\d{1,2}):(\d{1,2})(?:\.(\d+))?\s*Z?\s*$"
 )
 _TIME_RE = re.compile(r"^\s*(\d{1,2}):(\d{1,2}):(\d{1,2})(?:\.(\d+))?\s*Z?\s*$")
 

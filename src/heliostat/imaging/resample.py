@@ -20,14 +20,14 @@ def _axis_weights(
     n_out: int, n_src: int, x0: float, sx: float
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float32], int]:
     radius = max(1.0, sx)
-    taps = int(math.ceil(radius)) * 2 + 1
+    taps = math.ceil(radius) * 2 + 1
     first = np.zeros(n_out, np.int64)
     count = np.zeros(n_out, np.int64)
     weights = np.zeros((n_out, taps), np.float32)
     for u in range(n_out):
         c = x0 + (u + 0.5) * sx - 0.5
-        lo = max(int(math.floor(c - radius)) + 1, 0)
-        hi = min(int(math.ceil(c + radius)) - 1, n_src - 1)
+        lo = max(math.floor(c - radius) + 1, 0)
+        hi = min(math.ceil(c + radius) - 1, n_src - 1)
         if hi - lo + 1 > taps:
             hi = lo + taps - 1
         total = 0.0

@@ -72,7 +72,9 @@ def plan_tile(
     y: int,
 ) -> TilePlan:
     if not math.isfinite(image_scale) or image_scale <= 0:
-        raise InvalidArgument(f"must be a positive number, got {image_scale!r}", field="image_scale")
+        raise InvalidArgument(
+            f"must be a positive number, got {image_scale!r}", field="image_scale"
+        )
     ratio = image_scale / native_scale
     # Beyond these the tile is either mostly interpolation (32x enlargement) or the whole
     # image is smaller than one output pixel.
@@ -146,7 +148,14 @@ def tile_key(
     record: ImageRecord, x: int, y: int, image_scale: float, fmt: str, quality: int
 ) -> TileKey:
     return TileKey(
-        record.path, record.file_size, record.file_mtime_ns, x, y, f"{image_scale:.6f}", fmt, quality
+        record.path,
+        record.file_size,
+        record.file_mtime_ns,
+        x,
+        y,
+        f"{image_scale:.6f}",
+        fmt,
+        quality,
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import Executor
-from typing import get_args
+from typing import Any, get_args
 
 import grpc
 
@@ -15,7 +15,7 @@ from heliostat.server.calls import handles_errors, offload
 from heliostat.v1 import archive_pb2 as pb
 from heliostat.v1 import archive_pb2_grpc
 
-Ctx = grpc.aio.ServicerContext
+Ctx = grpc.aio.ServicerContext[Any, Any]
 _DIRECTIONS: dict[int, Direction] = {
     pb.DIRECTION_NEAREST: "nearest",
     pb.DIRECTION_BEFORE: "before",

@@ -7,11 +7,13 @@ import asyncio
 import functools
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
-from typing import NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 
 from heliostat import errors
+
+Ctx = grpc.aio.ServicerContext[Any, Any]
 
 T = TypeVar("T")
 S = TypeVar("S")
@@ -28,19 +30,19 @@ CODES: dict[type[errors.HeliostatError], grpc.StatusCode] = {
 }
 
 
-async def abort(context: grpc.aio.ServicerContext, e: errors.HeliostatError) -> NoReturn:
+async def abort(context: Ctx, e: errors.HeliostatError) -> NoReturn:
     if e.field:
         context.set_trailing_metadata((("heliostat-field", e.field),))
     await context.abort(CODES.get(type(e), grpc.StatusCode.INTERNAL), str(e))
 
 
 def handles_errors(
-    method: Callable[[S, Req, grpc.aio.ServicerContext], Awaitable[Resp]],
-) -> Callable[[S, Req, grpc.aio.ServicerContext], Awaitable[Resp]]:
+    method: Callable[[S, Req, Ctx], Awaitable[Resp]],
+) -> Callable[[S, Req, Ctx], Awaitable[Resp]]:
     """Turn domain errors raised by a handler into gRPC status codes naming the field."""
 
     @functools.wraps(method)
-    async def wrapper(self: S, request: Req, context: grpc.aio.ServicerContext) -> Resp:
+    async def wrapper(self: S, request: Req, context: Ctx) -> Resp:
         try:
             return await method(self, request, context)
         except errors.HeliostatError as e:
@@ -49,13 +51,12 @@ def handles_errors(
     return wrapper
 
 
-async def offload(
-    context: grpc.aio.ServicerContext, executor: Executor, fn: Callable[[], T]
-) -> T:
+async def offload(context: Ctx, executor: Executor, fn: Callable[[], T]) -> T:
     """Run CPU or I/O work in the executor, giving up when the caller's deadline passes."""
     loop = asyncio.get_running_loop()
     fut = loop.run_in_executor(executor, fn)
-    remaining = context.time_remaining()
+    # None when the caller set no deadline (the stubs say float).
+    remaining: float | None = context.time_remaining()
     if remaining is None:
         return await fut
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from concurrent.futures import Executor
+from typing import Any
 
 import grpc
 
@@ -12,6 +13,8 @@ from heliostat.imaging.tiles import Tile, tile_key
 from heliostat.server.calls import handles_errors, offload
 from heliostat.v1 import render_pb2 as pb
 from heliostat.v1 import render_pb2_grpc
+
+Ctx = grpc.aio.ServicerContext[Any, Any]
 
 _FORMATS = {pb.IMAGE_FORMAT_PNG: "png", pb.IMAGE_FORMAT_JPEG: "jpeg", pb.IMAGE_FORMAT_WEBP: "webp"}
 DEFAULT_QUALITY = 85
@@ -33,7 +36,7 @@ class RenderService(render_pb2_grpc.RenderServiceServicer):
         self.executor = executor
 
     @handles_errors
-    async def GetTile(self, request: pb.GetTileRequest, context: grpc.aio.ServicerContext) -> pb.Tile:
+    async def GetTile(self, request: pb.GetTileRequest, context: Ctx) -> pb.Tile:
         fmt = _FORMATS.get(request.format)
         if fmt is None:
             raise InvalidArgument(f"unknown format {request.format}", field="format")
