@@ -168,3 +168,22 @@ def test_ingest_over_grpc_rejects_bad_files_and_is_idempotent(tmp_path: Path) ->
         out = stop_server(srv)
     assert "shutting down" in out
     assert srv.proc.returncode == 0
+
+
+def test_several_processes_share_the_port(tmp_path: Path) -> None:
+    root = tmp_path / "archive"
+    root.mkdir()
+    shutil.copy2(
+        Path(__file__).parent / "data" / "jp2" / "2024_04_16__13_00_13_908__SOHO_EIT_EIT_171.jp2",
+        root / "eit.jp2",
+    )
+    srv = start_server(root, "--processes", "2")
+    try:
+        for _ in range(6):  # new channels land on either worker; all must see the catalog
+            with HeliostatClient(srv.target) as c:
+                c.wait_ready(timeout=60)
+                assert [s.id for s in c.data_sources(with_data_only=True)] == [0]
+    finally:
+        out = stop_server(srv)
+    assert out.count("shutting down") == 2
+    assert srv.proc.returncode == 0

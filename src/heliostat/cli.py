@@ -40,12 +40,47 @@ def _ingest(args: argparse.Namespace) -> int:
     return 1 if report.rejected and not (report.indexed or report.unchanged) else 0
 
 
+def _serve_processes(args: argparse.Namespace, n: int) -> int:
+    """Run n server processes on one port (SO_REUSEPORT) and relay SIGTERM/SIGINT to them.
+
+    Workers are started with exec, not fork, so none inherits gRPC or LMDB state.
+    """
+    import signal
+    import subprocess
+
+    if args.grpc_port == 0:
+        print("heliostat: several processes need an explicit --grpc-port", file=sys.stderr)
+        return 2
+    cmd = [sys.executable, "-m", "heliostat.cli", "serve", "--archive", args.archive,
+           "--host", args.host, "--grpc-port", str(args.grpc_port), "--profile", args.profile,
+           "--processes", "1", "--reuse-port"]  # fmt: skip
+    if args.catalog:
+        cmd += ["--catalog", args.catalog]
+    if args.ingest:
+        # Index once, before the workers start, rather than in every worker.
+        _ingest(argparse.Namespace(archive=args.archive, catalog=args.catalog, paths=[],
+                                   profile=args.profile, quiet=True))  # fmt: skip
+    workers = [subprocess.Popen(cmd) for _ in range(n)]
+
+    def relay(signum: int, _frame: object) -> None:
+        for w in workers:
+            w.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, relay)
+    signal.signal(signal.SIGINT, relay)
+    codes = [w.wait() for w in workers]
+    return max(codes, key=abs)
+
+
 def _serve(args: argparse.Namespace) -> int:
     import uvloop
 
     from heliostat.app import Heliostat
     from heliostat.server.main import serve
 
+    n = args.processes or profile(args.profile).processes
+    if n > 1:
+        return _serve_processes(args, n)
     archive = Path(args.archive).resolve()
     app = Heliostat(
         archive,
@@ -61,7 +96,7 @@ def _serve(args: argparse.Namespace) -> int:
         )
         for path, reason in report.rejected:
             print(f"rejected {path}: {reason}", file=sys.stderr)
-    uvloop.run(serve(app, host=args.host, port=args.grpc_port))
+    uvloop.run(serve(app, host=args.host, port=args.grpc_port, reuse_port=args.reuse_port))
     return 0
 
 
@@ -94,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--grpc-port", type=int, default=50051)
     s.add_argument("--profile", choices=sorted(PROFILES), default="small")
     s.add_argument("--ingest", action="store_true", help="index the archive before serving")
+    s.add_argument("--processes", type=int, default=0, help="server processes (default: profile)")
+    s.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     s.set_defaults(func=_serve)
 
     i = sub.add_parser("ingest", help="index JP2 files and folders into the catalog")

@@ -24,7 +24,9 @@ MAX_RECEIVE_BYTES = 4 << 20  # requests are small; refuse anything bigger early
 
 
 class Server:
-    def __init__(self, app: Heliostat, *, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self, app: Heliostat, *, host: str = "127.0.0.1", port: int = 0, reuse_port: bool = False
+    ) -> None:
         self.app = app
         self.host = host
         self.requested_port = port
@@ -34,7 +36,9 @@ class Server:
         self.health = HealthServicer()
         self.server = grpc.aio.server(
             options=[
-                ("grpc.so_reuseport", 0),
+                # Off unless several processes share the port on purpose: otherwise a second
+                # server would silently share a busy port instead of failing.
+                ("grpc.so_reuseport", 1 if reuse_port else 0),
                 ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
                 ("grpc.max_send_message_length", profile.max_message_bytes),
             ],
@@ -80,9 +84,11 @@ class Server:
         self.app.close()
 
 
-async def serve(app: Heliostat, *, host: str, port: int, grace: float = 10.0) -> None:
+async def serve(
+    app: Heliostat, *, host: str, port: int, reuse_port: bool = False, grace: float = 10.0
+) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully."""
-    server = Server(app, host=host, port=port)
+    server = Server(app, host=host, port=port, reuse_port=reuse_port)
     bound = await server.start()
     print(f"heliostat: gRPC listening on {host}:{bound} (profile {app.profile.name})", flush=True)
     stopping = asyncio.Event()
