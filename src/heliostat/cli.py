@@ -144,7 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo-archive", help="build a demo archive of real and generated images")
     d.add_argument("dest", help="archive folder to fill")
     d.add_argument("--samples", required=True, help="folder of real Helioviewer JP2 files")
-    d.add_argument("--start", default="2014-02-03T00:00:00Z", help="first generated frame")
+    d.add_argument(
+        "--start",
+        default="2014-02-03T04:00:00Z",
+        help="first generated frame (default: after the real AIA samples, so series do not mix)",
+    )
     d.add_argument("--hours", type=float, default=3.0)
     d.add_argument("--cadence", type=int, default=900, help="seconds between generated frames")
     d.add_argument("--workers", type=int, default=2)
