@@ -217,3 +217,19 @@ def test_changed_and_corrupt_files(tmp_path: Path) -> None:
     rec = read_record(copy, copy.name)
     with pytest.raises(DataLoss, match="cannot be decoded"):
         _renderer(tmp_path).pixels(rec, 0, 0, rec.scale)
+
+
+def test_embedded_palette_colours_swap_tiles() -> None:
+    # SWAP files carry their colour table in a pclr box: the same gold ramp Helioviewer shows.
+    swap = sorted(DATA.glob("*SWAP*.jp2"))[0]
+    rec = read_record(swap, swap.name)
+    r = _renderer(swap.parent)
+    table = r.table(rec)
+    assert isinstance(table, np.ndarray)
+    assert [tuple(table[i]) for i in (0, 64, 255)] == [(0, 0, 0), (92, 64, 0), (255, 255, 255)]
+    samples, _, _ = r.pixels(rec, -1, -1, rec.scale)
+    rgba = _decode_png(r.render(rec, -1, -1, rec.scale, "png", 85).data)
+    assert np.array_equal(rgba[..., :3], table[samples])
+    # A source with its own standard table keeps it; files without a palette have none.
+    aia = read_record(AIA_171[0], AIA_171[0].name)
+    assert r.table(aia) == "sdoaia171"

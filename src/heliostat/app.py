@@ -92,13 +92,19 @@ class Heliostat:
 
     def warm(self) -> None:
         """Compile (or load from cache) every Numba kernel, so no request pays for it."""
-        src = np.zeros((8, 8), np.uint8)
+        src = np.arange(64, dtype=np.uint8).reshape(8, 8)
         out = np.empty((4, 4), np.uint8)
         alpha = np.empty((4, 4), np.uint8)
         resample(src, 0.0, 0.0, 1.5, 1.5, out, alpha)
+        resample(src[1:, 1:], 0.0, 0.0, 1.5, 1.5, out, alpha)  # strided views of cached images
+        binary = np.array([[0, 255, 255, 255]] * 4, np.uint8)
+        partial = np.array([[0, 128, 255, 255]] * 4, np.uint8)
+        palette = np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1)
+        # Every encoder path: table or palette or grey, with no, binary or partial alpha.
         for fmt in FORMATS:
-            encode.encode(out, table="sdoaia171", fmt=fmt, quality=85, alpha=None)
-            encode.encode(out, table=None, fmt=fmt, quality=85, alpha=alpha)
+            for table in ("sdoaia171", palette, None):
+                for a in (None, binary, partial):
+                    encode.encode(out, table=table, fmt=fmt, quality=85, alpha=a)
 
     # -- catalog -----------------------------------------------------------------------------
 

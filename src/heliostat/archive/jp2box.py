@@ -11,6 +11,9 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import numpy.typing as npt
+
 _SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
 _HEAD_BYTES = 65536
 
@@ -99,3 +102,31 @@ def read_info(path: Path) -> JP2Info:
         codestream_offset=start,
         file_size=size,
     )
+
+
+def palette(buf: bytes) -> npt.NDArray[np.uint8] | None:
+    """The 8-bit RGB palette of a JP2 file's ``pclr`` box (in ``jp2h``), None when it has none.
+
+    Some Helioviewer files (SWAP) carry their colour table this way; other palettes (not 3
+    channels of 8 bits, more than 256 entries) are not colour tables and are ignored.
+    """
+    for kind, start, end in _boxes(buf, 0, len(buf)):
+        if kind == b"jp2h":
+            for sub, s0, s1 in _boxes(buf, start, end):
+                if sub != b"pclr" or s1 > len(buf) or s1 - s0 < 3:
+                    continue
+                entries, channels = struct.unpack_from(">HB", buf, s0)
+                depths = buf[s0 + 3 : s0 + 3 + channels]
+                body = buf[s0 + 3 + channels : s1]
+                if channels != 3 or any(d & 0x7F != 7 for d in depths) or not 0 < entries <= 256:
+                    return None
+                if len(body) < entries * 3:
+                    raise JP2FormatError("truncated palette (pclr) box")
+                table = np.zeros((256, 3), np.uint8)
+                table[:entries] = np.frombuffer(body, np.uint8, entries * 3).reshape(entries, 3)
+                table[entries:] = table[entries - 1]
+                return table
+            return None
+        if kind == b"jp2c":
+            return None
+    return None

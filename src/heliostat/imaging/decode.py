@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from heliostat.archive import jp2box
 from heliostat.imaging._openjpeg import DecodeError, J2KDecoder
 from heliostat.lru import CacheStats, SizedLRU
 
@@ -48,6 +49,7 @@ class ImageInfo:
     height: int
     num_resolutions: int
     num_quality_layers: int
+    palette: npt.NDArray[np.uint8] | None  # the file's own colour table (JP2 pclr box)
 
 
 def reduced_size(n: int, reduce: int) -> int:
@@ -117,7 +119,13 @@ class JP2Reader:
         info = self._infos.get(fk)
         if info is None:
             dec = self._acquire(fk, 0)
-            info = ImageInfo(dec.width, dec.height, dec.num_resolutions, dec.num_quality_layers)
+            info = ImageInfo(
+                dec.width,
+                dec.height,
+                dec.num_resolutions,
+                dec.num_quality_layers,
+                jp2box.palette(self._bytes(fk)),
+            )
             self._release(fk, 0, dec)
             self._infos.put(fk, info)
         return info

@@ -194,6 +194,14 @@ class TileRenderer:
             raise DataLoss(f"image {record.id} cannot be decoded: {e}", field="image_id") from None
         return out, (None if alpha.min() == 255 else alpha), plan.reduce
 
+    def table(self, record: ImageRecord) -> str | npt.NDArray[np.uint8] | None:
+        """The source's standard colour table, else the file's own palette, else grey."""
+        name = sources.by_id(record.source_id).color_table
+        if name is not None:
+            return name
+        fk = FileKey(str(self.archive_root / record.path), record.file_size, record.file_mtime_ns)
+        return self.reader.info(fk).palette
+
     def render(
         self, record: ImageRecord, x: int, y: int, image_scale: float, fmt: str, quality: int
     ) -> Tile:
@@ -206,8 +214,9 @@ class TileRenderer:
         if hit is not None:
             return hit
         samples, alpha, reduce = self.pixels(record, x, y, image_scale)
-        table = sources.by_id(record.source_id).color_table
-        data = encode.encode(samples, table=table, fmt=fmt, quality=quality, alpha=alpha)
+        data = encode.encode(
+            samples, table=self.table(record), fmt=fmt, quality=quality, alpha=alpha
+        )
         tile = Tile(data, encode.content_type(fmt), reduce)
         self._cache.put(key, tile)
         return tile

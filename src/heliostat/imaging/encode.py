@@ -1,0 +1,172 @@
+"""Tile and image encoders: 8-bit index images plus a colour table into PNG, JPEG or WebP bytes.
+
+Choices, all for speed at tile sizes (512²):
+
+- PNG without alpha is a palette ("P") image whose PLTE is the colour table: a quarter of the
+  RGBA data, at zlib level 1. With alpha that is only 0 or 255 (transparent padding of edge
+  tiles), an index no opaque pixel uses becomes the transparent entry (tRNS) and the image stays
+  a palette PNG; partial alpha, or a tile using all 256 indices, falls back to RGBA at level 1.
+- JPEG is RGB through the lookup kernel (grey "L" without a table); transparent areas are black.
+- WebP is lossy at WEBP_METHOD, RGBA when there is alpha.
+
+Colour goes through heliostat.imaging.kernels into 4-byte pixels that Pillow maps without a copy.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image
+
+from heliostat.imaging import colortables, kernels
+
+Format = Literal["png", "jpeg", "webp"]
+FORMATS: tuple[Format, ...] = ("png", "jpeg", "webp")
+
+PNG_COMPRESS_LEVEL = 1  # zlib level: level 6 costs ~10× the time for ~15 % less data
+WEBP_METHOD = 0  # libwebp effort 0..6: method 0 is ~2× faster than 2 at about the same size
+
+_CONTENT_TYPES: dict[str, str] = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+# Largest width or height each format can store.
+_MAX_SIDE: dict[str, int] = {"png": 2**31 - 1, "jpeg": 65_535, "webp": 16_383}
+
+U8Array = npt.NDArray[np.uint8]
+
+
+def content_type(fmt: str) -> str:
+    """The MIME type of ``fmt``; ValueError naming ``fmt`` if it is not a supported format."""
+    try:
+        return _CONTENT_TYPES[fmt]
+    except KeyError:
+        raise ValueError(f"fmt: unsupported format {fmt!r}, expected one of {FORMATS}") from None
+
+
+def encode(
+    indices: U8Array,
+    *,
+    table: str | U8Array | None,
+    fmt: Format,
+    quality: int = 85,
+    alpha: U8Array | None = None,
+) -> bytes:
+    """Encode an (h, w) uint8 index image coloured by ``table`` as ``fmt``.
+
+    ``table`` names a packaged colour table, or is a (256, 3) uint8 palette (a JP2 file's own
+    pclr box), or None for grey.
+
+    ``quality`` (1..100) applies to JPEG and WebP. ``alpha`` is an optional (h, w) uint8 coverage
+    mask, 0 = transparent. Bad arguments raise ValueError naming the argument.
+    """
+    content_type(fmt)
+    if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
+        raise ValueError(f"quality: expected an int in 1..100, got {quality!r}")
+    if not isinstance(indices, np.ndarray) or indices.dtype != np.uint8 or indices.ndim != 2:
+        raise ValueError(f"indices: expected a 2-D uint8 array, got {_describe(indices)}")
+    h, w = indices.shape
+    if not 1 <= min(h, w) <= max(h, w) <= _MAX_SIDE[fmt]:
+        raise ValueError(f"indices: shape {indices.shape} is empty or too large for {fmt}")
+    if alpha is not None and (
+        not isinstance(alpha, np.ndarray) or alpha.dtype != np.uint8 or alpha.shape != (h, w)
+    ):
+        raise ValueError(f"alpha: expected a uint8 array of shape {(h, w)}, got {_describe(alpha)}")
+    rgb = _resolve(table)
+    if fmt == "png":
+        return _png(indices, rgb, alpha)
+    if fmt == "jpeg":
+        return _jpeg(indices, rgb, alpha, quality)
+    return _webp(indices, rgb, alpha, quality)
+
+
+def _resolve(table: str | U8Array | None) -> U8Array | None:
+    """The (256, 3) table to apply, None for grey."""
+    if table is None:
+        return None
+    if isinstance(table, str):
+        if table not in colortables.names():
+            raise ValueError(f"table: unknown colour table {table!r}")
+        return colortables.load(table)
+    if not isinstance(table, np.ndarray) or table.dtype != np.uint8 or table.shape != (256, 3):
+        raise ValueError(
+            f"table: expected a name or a (256, 3) uint8 array, got {_describe(table)}"
+        )
+    return table
+
+
+def _lut(rgb: U8Array | None) -> U8Array:
+    if rgb is None:
+        return colortables.rgba(None)
+    lut = np.full((256, 4), 255, np.uint8)
+    lut[:, :3] = rgb
+    return lut
+
+
+def _describe(a: object) -> str:
+    if isinstance(a, np.ndarray):
+        return f"{a.dtype} array of shape {a.shape}"
+    return type(a).__name__
+
+
+def _save(im: Image.Image, fmt: str, **params: Any) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, fmt, **params)
+    return buf.getvalue()
+
+
+def _pixels(mode: Literal["RGBA", "RGBX"], rgba: U8Array) -> Image.Image:
+    """A C-contiguous (h, w, 4) uint8 array as a Pillow image sharing its memory."""
+    h, w = rgba.shape[:2]
+    return Image.frombuffer(mode, (w, h), rgba, "raw", mode, 0, 1)
+
+
+def _palette_png(indices: U8Array, rgb: U8Array | None, transparent: int | None) -> bytes:
+    im = Image.fromarray(indices)
+    im.putpalette((colortables.grey() if rgb is None else rgb).tobytes())
+    params: dict[str, Any] = {"compress_level": PNG_COMPRESS_LEVEL}
+    if transparent is not None:
+        params["transparency"] = transparent
+    return _save(im, "PNG", **params)
+
+
+def _png(indices: U8Array, rgb: U8Array | None, alpha: U8Array | None) -> bytes:
+    if alpha is None:
+        return _palette_png(indices, rgb, None)
+    hist, transparent, partial = kernels.opaque_histogram(indices, alpha)
+    if partial == 0:
+        if transparent == 0:
+            return _palette_png(indices, rgb, None)
+        unused = np.flatnonzero(hist == 0)
+        if unused.size:
+            # The lowest unused index keeps the tRNS chunk (one byte per entry up to it) short.
+            spare = np.uint8(unused[0])
+            return _palette_png(np.where(alpha == 0, spare, indices), rgb, int(spare))
+    rgba = kernels.apply_lut_rgba_masked(indices, alpha, _lut(rgb))
+    return _save(_pixels("RGBA", rgba), "PNG", compress_level=PNG_COMPRESS_LEVEL)
+
+
+def _jpeg(indices: U8Array, rgb: U8Array | None, alpha: U8Array | None, quality: int) -> bytes:
+    if rgb is None:
+        grey = indices
+        if alpha is not None:
+            grey = kernels.apply_lut_over_black(indices, alpha, colortables.grey()[:, :1])[..., 0]
+        im = Image.fromarray(grey)
+    else:
+        lut = _lut(rgb)
+        if alpha is None:
+            rgbx = kernels.apply_lut_rgba(indices, lut)
+        else:
+            rgbx = kernels.apply_lut_over_black(indices, alpha, lut)
+        # Pillow stores RGB as 4 bytes a pixel, so RGBX maps without the 3→4 byte unpacking.
+        im = _pixels("RGBX", rgbx)
+    return _save(im, "JPEG", quality=quality)
+
+
+def _webp(indices: U8Array, rgb: U8Array | None, alpha: U8Array | None, quality: int) -> bytes:
+    lut = _lut(rgb)
+    if alpha is None:
+        im = _pixels("RGBX", kernels.apply_lut_rgba(indices, lut))
+    else:
+        im = _pixels("RGBA", kernels.apply_lut_rgba_masked(indices, alpha, lut))
+    return _save(im, "WEBP", quality=quality, method=WEBP_METHOD, lossless=False)
