@@ -80,7 +80,7 @@ class Heliostat:
         self.reader = JP2Reader(
             file_cache_bytes=profile.file_cache_bytes,
             decoded_cache_bytes=profile.decoded_cache_bytes,
-            full_decode_threads=profile.full_decode_threads,
+            decode_threads=profile.decode_threads,
         )
         self.tiles = TileRenderer(
             self.archive_root, self.reader, cache_bytes=profile.tile_cache_bytes

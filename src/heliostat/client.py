@@ -51,6 +51,7 @@ class HeliostatClient:
             options=[
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.max_send_message_length", max_message_bytes),
+                ("grpc.http2.max_frame_size", 1 << 20),  # fewer frames per tile
             ],
         )
         self.archive = archive_pb2_grpc.ArchiveServiceStub(self.channel)

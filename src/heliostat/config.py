@@ -13,7 +13,7 @@ class Profile:
     name: str
     processes: int  # server processes sharing the port (SO_REUSEPORT); each has its own caches
     render_workers: int  # threads for decode/resample/encode (kernels release the GIL)
-    full_decode_threads: int  # OpenJPEG threads for one whole-image decode
+    decode_threads: int  # OpenJPEG threads per decode (its thread pool parallelises code-blocks)
     tile_cache_bytes: int  # encoded tiles
     decoded_cache_bytes: int  # whole decoded images per reduce level
     file_cache_bytes: int  # JP2 file bytes held for open codecs
@@ -28,7 +28,7 @@ PROFILES: dict[str, Profile] = {
         name="small",
         processes=1,
         render_workers=4,
-        full_decode_threads=2,
+        decode_threads=2,
         tile_cache_bytes=256 * MiB,
         decoded_cache_bytes=512 * MiB,
         file_cache_bytes=128 * MiB,
@@ -45,7 +45,7 @@ PROFILES: dict[str, Profile] = {
         name="16c-96g",
         processes=8,
         render_workers=6,
-        full_decode_threads=2,
+        decode_threads=2,
         tile_cache_bytes=1 * GiB,
         decoded_cache_bytes=4 * GiB,
         file_cache_bytes=512 * MiB,

@@ -64,7 +64,7 @@ class JP2Reader:
         decoded_cache_bytes: int = 512 << 20,
         full_decode_pixels: int = 1024 * 1024,
         promote_after: int = 2,
-        full_decode_threads: int = 1,
+        decode_threads: int = 1,
         max_pooled_keys: int = 64,
     ) -> None:
         self._files: SizedLRU[FileKey, bytes] = SizedLRU(file_cache_bytes, len)
@@ -73,7 +73,7 @@ class JP2Reader:
         )
         self._full_decode_pixels = full_decode_pixels
         self._promote_after = promote_after
-        self._threads = full_decode_threads
+        self._threads = decode_threads
         self._lock = threading.Lock()
         self._idle: OrderedDict[tuple[FileKey, int], list[J2KDecoder]] = OrderedDict()
         self._max_pooled_keys = max_pooled_keys
@@ -98,13 +98,13 @@ class JP2Reader:
         self._files.put(fk, data)
         return data
 
-    def _acquire(self, fk: FileKey, reduce: int, threads: int = 1) -> J2KDecoder:
+    def _acquire(self, fk: FileKey, reduce: int) -> J2KDecoder:
         with self._lock:
             idle = self._idle.get((fk, reduce))
             if idle:
                 self._idle.move_to_end((fk, reduce))
                 return idle.pop()
-        return J2KDecoder(self._bytes(fk), reduce, 0, threads)
+        return J2KDecoder(self._bytes(fk), reduce, 0, self._threads)
 
     def _release(self, fk: FileKey, reduce: int, dec: J2KDecoder) -> None:
         with self._lock:
