@@ -146,3 +146,12 @@ def test_units_in_degrees(tmp_path: Path) -> None:
     xml = xml.replace("<CDELT1>3.16226783969</CDELT1>", f"<CDELT1>{3.16226783969 / 3600}</CDELT1>")
     rec = read_record(_with_xml(tmp_path, xml), "x.jp2")
     assert math.isclose(rec.cdelt1, 3.16226783969, rel_tol=1e-9)
+
+
+def test_truncated_codestream_is_rejected_at_ingest(tmp_path: Path) -> None:
+    # The header survives, the pixels do not: an interrupted copy must not be indexed.
+    p = tmp_path / "cut.jp2"
+    data = (DATA / EXPECTED[3][0]).read_bytes()
+    p.write_bytes(data[: len(data) - 1000])
+    with pytest.raises(HeaderError, match="truncated file: the codestream box"):
+        read_record(p, "cut.jp2")

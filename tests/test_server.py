@@ -13,11 +13,12 @@ from grpc_health.v1 import health_pb2
 from PIL import Image
 
 from heliostat.client import HeliostatClient
-from heliostat.v1 import archive_pb2
+from heliostat.v1 import archive_pb2, render_pb2
 
 from .conftest import RunningServer, start_server, stop_server
 
 T0 = datetime(2014, 2, 3, 2, 30, tzinfo=UTC)
+AIA_NAME = "2014_02_03__02_08_47_34__SDO_AIA_AIA_171.jp2"
 
 
 @pytest.fixture
@@ -187,3 +188,35 @@ def test_several_processes_share_the_port(tmp_path: Path) -> None:
         out = stop_server(srv)
     assert out.count("shutting down") == 2
     assert srv.proc.returncode == 0
+
+
+def test_corrupt_codestream_is_data_loss_and_deadlines_hold(tmp_path: Path) -> None:
+    root = tmp_path / "archive"
+    root.mkdir()
+    data = bytearray((Path(__file__).parent / "data" / "jp2" / AIA_NAME).read_bytes())
+    sot = data.find(b"\xff\x90", data.find(b"\xff\x4f\xff\x51"))
+    data[sot : sot + 12] = bytes(12)  # the tile-part header is gone; the XML header is intact
+    (root / "broken.jp2").write_bytes(bytes(data))
+    good = Path(__file__).parent / "data" / "jp2" / AIA_NAME
+    (root / "good.jp2").write_bytes(good.read_bytes())
+    srv = start_server(root)
+    try:
+        with HeliostatClient(srv.target) as c:
+            by_path = {
+                i.path: i for i in c.images(10, T0 - timedelta(hours=1), T0 + timedelta(hours=2))
+            }
+            with pytest.raises(grpc.RpcError) as e:
+                c.tile(by_path["broken.jp2"].id, 0, 0, by_path["broken.jp2"].scale)
+            assert _code(e) == grpc.StatusCode.DATA_LOSS and "image_id" in e.value.details()  # type: ignore[attr-defined]
+            img = by_path["good.jp2"]
+            # A cold full-resolution tile takes tens of milliseconds: 1 ms is not enough.
+            with pytest.raises(grpc.RpcError) as e:
+                c.render.GetTile(
+                    render_pb2.GetTileRequest(image_id=img.id, x=1, y=1, image_scale=img.scale),
+                    timeout=0.001,
+                )
+            assert _code(e) == grpc.StatusCode.DEADLINE_EXCEEDED
+            # The server is unharmed and serves the same tile with time to do it.
+            assert c.tile(img.id, 1, 1, img.scale).width == 512
+    finally:
+        stop_server(srv)

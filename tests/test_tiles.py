@@ -210,10 +210,14 @@ def test_changed_and_corrupt_files(tmp_path: Path) -> None:
     copy = tmp_path / swap.name
     shutil.copy2(swap, copy)
     rec = read_record(copy, copy.name)
-    data = copy.read_bytes()
-    copy.write_bytes(data[: len(data) // 2])  # truncated, as by an interrupted transfer
+    data = bytearray(copy.read_bytes())
+    copy.write_bytes(bytes(data[: len(data) // 2]))  # truncated, as by an interrupted transfer
     with pytest.raises(FailedPrecondition, match="changed since it was indexed"):
         _renderer(tmp_path).pixels(rec, 0, 0, rec.scale)
+    # Same size, header intact, codestream headers wiped: indexable, but not decodable.
+    start = data.find(b"\xff\x4f\xff\x51")
+    data[start + 200 : start + 4000] = bytes(3800)
+    copy.write_bytes(bytes(data))
     rec = read_record(copy, copy.name)
     with pytest.raises(DataLoss, match="cannot be decoded"):
         _renderer(tmp_path).pixels(rec, 0, 0, rec.scale)

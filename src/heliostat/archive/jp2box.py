@@ -76,6 +76,10 @@ def read_info(path: Path) -> JP2Info:
                     payload = buf[start:end]
                 xml = payload.decode("utf-8", errors="replace").rstrip("\x00")
             elif kind == b"jp2c":
+                if end > size:
+                    raise JP2FormatError(
+                        f"truncated file: the codestream box needs {end} bytes, the file has {size}"
+                    )
                 cs = (start, end)
                 break
         if cs is None:
