@@ -11,6 +11,7 @@ import base64
 import binascii
 import struct
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -18,8 +19,10 @@ from typing import Literal
 import numpy as np
 
 from heliostat.archive import sources
-from heliostat.archive.ingest import IngestReport, ingest
+from heliostat.archive.ingest import IngestCounts, IngestReport, IngestStats, ingest
 from heliostat.archive.jp2box import JP2FormatError, read_info
+from heliostat.archive.watch import Watcher
+from heliostat.catalog.codec import CatalogEvent
 from heliostat.catalog.records import ImageRecord
 from heliostat.catalog.store import Catalog
 from heliostat.config import Profile
@@ -35,6 +38,7 @@ HOUR_US = 3_600_000_000
 _STATUS_LEVELS_US = (2 * HOUR_US, 4 * HOUR_US, 12 * HOUR_US, 168 * HOUR_US)
 MAX_PAGE_SIZE = 10_000
 MAX_EVENLY_SPACED = 10_000
+MAX_EVENTS = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +90,7 @@ class Heliostat:
             self.archive_root, self.reader, cache_bytes=profile.tile_cache_bytes
         )
         self._ingest_lock = threading.Lock()
+        self.ingest_stats = IngestStats()
 
     def close(self) -> None:
         self.catalog.close()
@@ -207,10 +212,37 @@ class Heliostat:
         """Index files or folders; relative paths are taken from the archive root."""
         resolved = [p if p.is_absolute() else self.archive_root / p for p in map(Path, paths)]
         with self._ingest_lock:
-            report = ingest(self.catalog, self.archive_root, resolved, keep_records=True)
-        for rec in report.records:
-            self.tiles.forget(rec.path)
+            report = ingest(
+                self.catalog, self.archive_root, resolved, keep_records=True,
+                stats=self.ingest_stats,
+            )  # fmt: skip
+        self._forget([rec.path for rec in report.records])
         return report
+
+    def _forget(self, paths: Sequence[str]) -> None:
+        for path in paths:
+            self.tiles.forget(path)
+
+    def watch(self, incoming: Path | None, *, rescan_s: float = 5.0) -> Watcher:
+        """A watcher of the archive tree (and an incoming folder) feeding this app's catalog,
+        counting into its ingest stats and forgetting cached tiles of replaced or deleted files.
+        Not started."""
+        return Watcher(
+            self.catalog, self.archive_root, incoming, stats=self.ingest_stats,
+            rescan_s=rescan_s, on_change=self._forget,
+        )  # fmt: skip
+
+    def ingest_counts(self) -> IngestCounts:
+        return self.ingest_stats.snapshot()
+
+    def events(self, after_seq: int, limit: int) -> tuple[list[CatalogEvent], int]:
+        """Catalog events after a sequence number (limit 0: 100), and the last seq logged."""
+        if after_seq < 0:
+            raise InvalidArgument("must not be negative", field="after_seq")
+        if not 0 <= limit <= MAX_EVENTS:
+            raise InvalidArgument(f"must be 0-{MAX_EVENTS}", field="limit")
+        events = self.catalog.events_after(after_seq, limit or 100)
+        return events, self.catalog.last_event_seq()  # read after: never below an event's seq
 
     # -- rendering ---------------------------------------------------------------------------
 

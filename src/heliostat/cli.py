@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from heliostat.config import PROFILES, profile
+
+if TYPE_CHECKING:
+    from heliostat.catalog.store import Catalog
 
 
 def _ingest(args: argparse.Namespace) -> int:
@@ -19,11 +23,19 @@ def _ingest(args: argparse.Namespace) -> int:
     if not archive.is_dir():
         print(f"heliostat: archive folder {archive} does not exist", file=sys.stderr)
         return 2
+    if args.watch and args.paths:
+        print("heliostat: --watch indexes the whole archive; name no paths", file=sys.stderr)
+        return 2
     targets = [Path(p) for p in args.paths] or [archive]
-    files = list(iter_jp2(targets))
+    files = [] if args.watch else list(iter_jp2(targets))
     catalog_path = Path(args.catalog) if args.catalog else archive / ".heliostat" / "catalog"
     catalog_path.mkdir(parents=True, exist_ok=True)
     catalog = Catalog(catalog_path, map_size=profile(args.profile).lmdb_map_size)
+    if args.watch:
+        try:
+            return _watch(args, archive, catalog)
+        finally:
+            catalog.close()
     with tqdm(total=len(files), unit="file", disable=args.quiet) as bar:
 
         def progress(r: IngestReport) -> None:
@@ -59,7 +71,7 @@ def _serve_processes(args: argparse.Namespace, n: int) -> int:
     if args.ingest:
         # Index once, before the workers start, rather than in every worker.
         _ingest(argparse.Namespace(archive=args.archive, catalog=args.catalog, paths=[],
-                                   profile=args.profile, quiet=True))  # fmt: skip
+                                   profile=args.profile, quiet=True, watch=None))  # fmt: skip
     workers = [subprocess.Popen(cmd) for _ in range(n)]
 
     def relay(signum: int, _frame: object) -> None:
@@ -73,6 +85,15 @@ def _serve_processes(args: argparse.Namespace, n: int) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    # A stop asked for while the server is still starting (imports, ingest, warm-up) is kept and
+    # honoured once it runs, instead of killing the process mid-start.
+    early_stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: early_stop.set())
+
     import uvloop
 
     from heliostat.app import Heliostat
@@ -80,6 +101,10 @@ def _serve(args: argparse.Namespace) -> int:
 
     n = args.processes or profile(args.profile).processes
     if n > 1:
+        if args.watch:
+            # Every worker caches tiles; one watcher could not make the others forget theirs.
+            print("heliostat: --watch needs --processes 1", file=sys.stderr)
+            return 2
         return _serve_processes(args, n)
     archive = Path(args.archive).resolve()
     app = Heliostat(
@@ -87,6 +112,8 @@ def _serve(args: argparse.Namespace) -> int:
         profile=profile(args.profile),
         catalog_path=Path(args.catalog) if args.catalog else None,
     )
+    # Built before the initial ingest, so that a missing incoming folder fails fast.
+    watcher = app.watch(Path(args.watch), rescan_s=args.rescan) if args.watch else None
     if args.ingest:
         report = app.ingest([str(archive)])
         print(
@@ -96,7 +123,16 @@ def _serve(args: argparse.Namespace) -> int:
         )
         for path, reason in report.rejected:
             print(f"rejected {path}: {reason}", file=sys.stderr)
-    uvloop.run(serve(app, host=args.host, port=args.grpc_port, reuse_port=args.reuse_port))
+    uvloop.run(
+        serve(
+            app,
+            host=args.host,
+            port=args.grpc_port,
+            reuse_port=args.reuse_port,
+            watcher=watcher,
+            early_stop=early_stop,
+        )
+    )
     return 0
 
 
@@ -118,6 +154,74 @@ def _demo_archive(args: argparse.Namespace) -> int:
     return 0
 
 
+def _jp2gen(args: argparse.Namespace) -> int:
+    from heliostat.jp2gen import convert_many, iter_fits
+
+    files = list(iter_fits(Path(p) for p in args.paths))
+    if not files:
+        print("heliostat: no FITS files found", file=sys.stderr)
+        return 2
+    report = convert_many(
+        files,
+        Path(args.archive),
+        workers=args.workers,
+        quarantine=Path(args.quarantine) if args.quarantine else None,
+        progress=not args.quiet,
+        lossless=args.lossless,
+        overwrite=args.overwrite,
+    )
+    for f in report.failed:
+        where = f" (moved to {f.quarantined})" if f.quarantined else ""
+        print(f"failed {f.path}{where}: {f.reason}", file=sys.stderr)
+    print(
+        f"converted {len(report.converted)}, skipped {len(report.skipped)}, "
+        f"failed {len(report.failed)} in {report.seconds:.1f} s"
+    )
+    return 1 if report.failed else 0
+
+
+def _watch_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--watch",
+        metavar="DIR",
+        help="move JP2 files dropped into DIR into the archive and index them, and keep the "
+        "catalog in line with the archive tree (until SIGTERM or SIGINT)",
+    )
+    p.add_argument(
+        "--rescan",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="with --watch: seconds between rescans of the archive tree (default 5)",
+    )
+
+
+def _watch(args: argparse.Namespace, archive: Path, catalog: Catalog) -> int:
+    """Run the watcher in this thread until SIGTERM or SIGINT."""
+    import logging
+    import signal
+    import threading
+
+    from heliostat.archive.ingest import IngestStats
+    from heliostat.archive.watch import Watcher
+
+    stats = IngestStats()
+    watcher = Watcher(catalog, archive, Path(args.watch), stats=stats, rescan_s=args.rescan)
+    if not args.quiet:
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda _signum, _frame: stop.set())
+    print(f"heliostat: watching {watcher.incoming} for {archive}", flush=True)
+    watcher.run(stop)
+    c = stats.snapshot()
+    print(
+        f"seen {c.seen}, converted {c.converted}, indexed {c.indexed}, rejected {c.rejected}, "
+        f"deleted {c.deleted}"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="heliostat", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -131,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ingest", action="store_true", help="index the archive before serving")
     s.add_argument("--processes", type=int, default=0, help="server processes (default: profile)")
     s.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+    _watch_options(s)
     s.set_defaults(func=_serve)
 
     i = sub.add_parser("ingest", help="index JP2 files and folders into the catalog")
@@ -139,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--catalog", help="LMDB catalog folder (default ARCHIVE/.heliostat/catalog)")
     i.add_argument("--profile", choices=sorted(PROFILES), default="small")
     i.add_argument("--quiet", action="store_true", help="no progress bar")
+    _watch_options(i)
     i.set_defaults(func=_ingest)
 
     d = sub.add_parser("demo-archive", help="build a demo archive of real and generated images")
@@ -153,6 +259,16 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--cadence", type=int, default=900, help="seconds between generated frames")
     d.add_argument("--workers", type=int, default=2)
     d.set_defaults(func=_demo_archive)
+
+    j = sub.add_parser("jp2gen", help="convert FITS files into Helioviewer JP2 files")
+    j.add_argument("paths", nargs="+", metavar="FITS_OR_DIR", help="FITS files or folders")
+    j.add_argument("--archive", required=True, help="archive root the JP2 files go into")
+    j.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    j.add_argument("--lossless", action="store_true", help="reversible 5/3 wavelet, exact bytes")
+    j.add_argument("--quarantine", help="folder that bad FITS files are moved into")
+    j.add_argument("--overwrite", action="store_true", help="rewrite outputs that already exist")
+    j.add_argument("--quiet", action="store_true", help="no progress bar")
+    j.set_defaults(func=_jp2gen)
     return p
 
 

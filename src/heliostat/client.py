@@ -21,7 +21,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from heliostat.archive import times
 from heliostat.server.convert import to_duration, to_timestamp
-from heliostat.v1 import archive_pb2, archive_pb2_grpc, render_pb2, render_pb2_grpc
+from heliostat.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    archive_pb2,
+    archive_pb2_grpc,
+    render_pb2,
+    render_pb2_grpc,
+)
 
 _DIRECTIONS = {
     "nearest": archive_pb2.DIRECTION_NEAREST,
@@ -57,6 +64,7 @@ class HeliostatClient:
         self.archive = archive_pb2_grpc.ArchiveServiceStub(self.channel)
         self.render = render_pb2_grpc.RenderServiceStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
+        self.admin = admin_pb2_grpc.AdminServiceStub(self.channel)
 
     def close(self) -> None:
         self.channel.close()
@@ -170,6 +178,18 @@ class HeliostatClient:
         return self.archive.Ingest(
             archive_pb2.IngestRequest(paths=list(paths)), timeout=self.timeout
         )
+
+    # -- administration ------------------------------------------------------------------------
+
+    def ingest_stats(self) -> admin_pb2.IngestStats:
+        return self.admin.GetIngestStats(admin_pb2.GetIngestStatsRequest(), timeout=self.timeout)
+
+    def events(self, after_seq: int = 0, limit: int = 100) -> list[admin_pb2.CatalogEvent]:
+        """Catalog events with sequence numbers above after_seq, oldest first."""
+        r = self.admin.ListEvents(
+            admin_pb2.ListEventsRequest(after_seq=after_seq, limit=limit), timeout=self.timeout
+        )
+        return list(r.events)
 
     # -- rendering -----------------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""The stored form of an ImageRecord: fixed-size little-endian fields, then the utf-8 path.
+"""The stored forms of an ImageRecord and of a catalog event: fixed-size little-endian fields, then
+the utf-8 path.
 
 The id is not part of the value (it is the key), so two puts of the same record encode to the
 same bytes and "unchanged" is a byte comparison.
@@ -8,8 +9,9 @@ from __future__ import annotations
 
 import math
 import struct
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from operator import attrgetter
+from typing import Literal
 
 from heliostat.archive.sources import UnknownSourceError, by_id
 from heliostat.catalog.records import ImageRecord
@@ -95,3 +97,70 @@ def encode(record: ImageRecord, path: bytes) -> bytes:
 def decode(image_id: int, value: bytes) -> ImageRecord:
     f = RECORD.unpack_from(value)
     return ImageRecord(image_id, f[0], f[1], value[RECORD_SIZE:].decode("utf-8"), *f[2:])
+
+
+# -- events ---------------------------------------------------------------------------------------
+
+EventKind = Literal["insert", "update", "delete"]
+_KIND_CODES: dict[EventKind, int] = {"insert": 1, "update": 2, "delete": 3}
+_KINDS: dict[int, EventKind] = {v: k for k, v in _KIND_CODES.items()}
+# kind, image id, source id, time_us, footprint (4 doubles), width, height, scale; then the path.
+EVENT = struct.Struct("<BQHq4dIId")
+
+
+@dataclass(frozen=True, slots=True)
+class Footprint:
+    """Helioprojective bounding box of an image, arcsec."""
+
+    x_min: float
+    y_min: float
+    x_max: float
+    y_max: float
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogEvent:
+    seq: int
+    kind: EventKind
+    image_id: int
+    source_id: int
+    time_us: int
+    footprint: Footprint
+    path: str
+    width: int
+    height: int
+    scale: float
+
+
+def footprint(record: ImageRecord) -> Footprint:
+    """Bounding box of the image's four outer pixel corners in helioprojective arcsec.
+
+    FITS CROTA convention: x = CRVAL1 + CDELT1 cos ρ (i - CRPIX1) - CDELT2 sin ρ (j - CRPIX2),
+    y = CRVAL2 + CDELT1 sin ρ (i - CRPIX1) + CDELT2 cos ρ (j - CRPIX2); pixel i spans i ± 0.5.
+    """
+    rho = math.radians(record.rotation)
+    cos, sin = math.cos(rho), math.sin(rho)
+    xs, ys = [], []
+    for i in (0.5, record.width + 0.5):
+        for j in (0.5, record.height + 0.5):
+            di = record.cdelt1 * (i - record.crpix1)
+            dj = record.cdelt2 * (j - record.crpix2)
+            xs.append(record.crval1 + cos * di - sin * dj)
+            ys.append(record.crval2 + sin * di + cos * dj)
+    return Footprint(min(xs), min(ys), max(xs), max(ys))
+
+
+def encode_event(kind: EventKind, record: ImageRecord) -> bytes:
+    fp = footprint(record)
+    return EVENT.pack(
+        _KIND_CODES[kind], record.id, record.source_id, record.time_us,
+        fp.x_min, fp.y_min, fp.x_max, fp.y_max, record.width, record.height, record.scale,
+    ) + record.path.encode("utf-8")  # fmt: skip
+
+
+def decode_event(seq: int, value: bytes) -> CatalogEvent:
+    kind, image_id, sid, t, x0, y0, x1, y1, w, h, scale = EVENT.unpack_from(value)
+    return CatalogEvent(
+        seq, _KINDS[kind], image_id, sid, t, Footprint(x0, y0, x1, y1),
+        value[EVENT.size :].decode("utf-8"), w, h, scale,
+    )  # fmt: skip

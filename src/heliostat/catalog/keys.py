@@ -9,6 +9,8 @@ unsigned by adding 2**63, which keeps pre-1970 times sorted before later ones.
 - stats:    source u16                           → image count u64
 - coverage: source u16 | 30-min bin start u64    → image count u64
 - meta:     name                                 → u64
+- events:   seq u64                              → event (see :mod:`heliostat.catalog.codec`)
+- cursors:  consumer name utf-8                  → last acknowledged seq u64
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ TIME_BIAS = 1 << 63
 COVERAGE_BIN_US = 30 * 60 * 1_000_000  # Helioviewer's data_coverage_30_min granularity
 
 ID = struct.Struct(">Q")
+SEQ = struct.Struct(">Q")
 COUNT = struct.Struct(">Q")
 SOURCE = struct.Struct(">H")
 TIME_KEY = struct.Struct(">HQQ")

@@ -9,6 +9,11 @@ short read transaction. LMDB allows ``set_mapsize`` only while no transaction of
 open (py-lmdb does not enforce it: a read beginning during a remap fails or worse), so reads pass
 a gate that counts them in and out, and a remap closes the gate and waits for the count to drop
 to zero. Writes need no such exclusion from reads.
+
+Every insert, update and delete appends an event (kind, image id, source, time, footprint, path,
+size, scale) under the next sequence number in the same transaction as the change, so the log
+holds an event exactly for each committed change. Consumers keep durable cursors in the catalog
+(``ack_events``); ``trim_events`` drops only what all of them have acknowledged.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from typing import TYPE_CHECKING, Concatenate, Literal, ParamSpec, TypeAlias, Ty
 import lmdb
 
 from heliostat.catalog import codec, keys
+from heliostat.catalog.codec import CatalogEvent, EventKind
 from heliostat.catalog.records import ImageRecord
 
 SCHEMA_VERSION = 1
@@ -30,9 +36,14 @@ MIN_BIN_US = 1_000_000
 MAX_BINS = 100_000
 MAX_FRAMES = 100_000
 
-_DB_NAMES = (b"images", b"times", b"paths", b"stats", b"coverage", b"meta")
+# Databases after "meta" were added later: opened writable, an older catalog gains them empty.
+_DB_NAMES = (
+    b"images", b"times", b"paths", b"stats", b"coverage", b"meta", b"events", b"cursors",
+)  # fmt: skip
+_META = _DB_NAMES.index(b"meta")
 _META_SCHEMA = b"schema_version"
 _META_NEXT_ID = b"next_id"
+_META_NEXT_SEQ = b"next_event_seq"
 
 Direction = Literal["nearest", "before", "after"]
 PutKind = Literal["inserted", "unchanged", "updated"]
@@ -129,13 +140,16 @@ class Catalog:
             if readonly:
                 dbs = [self._env.open_db(name, create=False) for name in _DB_NAMES]
                 with self._env.begin() as txn:
-                    self._check_schema(txn, path, dbs[-1])
+                    self._check_schema(txn, path, dbs[_META])
             else:
                 dbs = self._write(self._init_dbs, path)
         except BaseException:
             self._env.close()
             raise
-        self._images, self._times, self._paths, self._stats, self._coverage, self._meta = dbs
+        (
+            self._images, self._times, self._paths, self._stats, self._coverage, self._meta,
+            self._events, self._cursors,
+        ) = dbs  # fmt: skip
         self._max_path = self._env.max_key_size()
 
     # -- lifecycle --------------------------------------------------------------------------------
@@ -163,7 +177,7 @@ class Catalog:
 
     def _init_dbs(self, txn: _Txn, path: Path) -> list[lmdb._Database]:
         dbs = [self._env.open_db(name, txn=txn) for name in _DB_NAMES]
-        meta = dbs[-1]
+        meta = dbs[_META]
         if txn.get(_META_SCHEMA, db=meta) is None:
             txn.put(_META_SCHEMA, keys.COUNT.pack(SCHEMA_VERSION), db=meta)
             txn.put(_META_NEXT_ID, keys.ID.pack(1), db=meta)
@@ -326,6 +340,12 @@ class Catalog:
         self._apply_counts(txn, stats, bins)
         if next_id != first_new:
             txn.put(_META_NEXT_ID, keys.ID.pack(next_id), db=self._meta)
+        changes: list[tuple[EventKind, ImageRecord]] = [
+            ("insert" if o.kind == "inserted" else "update", o.record)
+            for o in out
+            if o.kind != "unchanged"
+        ]
+        self._log_events(txn, changes)
         return out
 
     def _apply_counts(
@@ -369,7 +389,98 @@ class Catalog:
             bins[b] = bins.get(b, 0) - 1
             out.append(record)
         self._apply_counts(txn, stats, bins)
+        self._log_events(txn, [("delete", r) for r in out])
         return out
+
+    def _log_events(self, txn: _Txn, changes: list[tuple[EventKind, ImageRecord]]) -> None:
+        """Append one event per change, in the transaction that makes the changes."""
+        if not changes:
+            return
+        seq = self._next_seq(txn)
+        for kind, record in changes:
+            value = codec.encode_event(kind, record)
+            # Seqs only grow, so events append at the end of the tree, like new image ids.
+            if not txn.put(keys.SEQ.pack(seq), value, append=True, db=self._events):
+                raise lmdb.CorruptedError(f"event {seq} is already taken")
+            seq += 1
+        txn.put(_META_NEXT_SEQ, keys.SEQ.pack(seq), db=self._meta)
+
+    def _next_seq(self, txn: _Txn) -> int:
+        raw = txn.get(_META_NEXT_SEQ, db=self._meta)
+        return 1 if raw is None else keys.SEQ.unpack(raw)[0]  # None: no event logged yet
+
+    # -- events ---------------------------------------------------------------------------------
+
+    def last_event_seq(self) -> int:
+        """Sequence number of the latest event logged (0 before the first), trimmed or not."""
+        return self._read(self._next_seq) - 1
+
+    def events_after(self, seq: int, limit: int) -> list[CatalogEvent]:
+        """Up to ``limit`` events with sequence numbers above ``seq``, oldest first."""
+        if limit < 1:
+            raise ValueError(f"limit must be ≥ 1, got {limit}")
+        if seq < 0:
+            raise ValueError(f"seq must be ≥ 0, got {seq}")
+        if seq >= (1 << 64) - 1:
+            return []  # no sequence number lies above
+        return self._read(self._events_after_txn, seq, limit)
+
+    def _events_after_txn(self, txn: _Txn, seq: int, limit: int) -> list[CatalogEvent]:
+        cur = txn.cursor(self._events)
+        out: list[CatalogEvent] = []
+        if cur.set_range(keys.SEQ.pack(seq + 1)):
+            for key, value in cur:
+                out.append(codec.decode_event(keys.SEQ.unpack(key)[0], value))
+                if len(out) == limit:
+                    break
+        return out
+
+    def _consumer_key(self, consumer: str) -> bytes:
+        key = consumer.encode("utf-8")
+        if not 0 < len(key) <= self._max_path:
+            raise ValueError(f"consumer name must be 1..{self._max_path} bytes of utf-8")
+        return key
+
+    def ack_events(self, consumer: str, upto_seq: int) -> None:
+        """Record that ``consumer`` has handled every event up to ``upto_seq``.
+
+        The cursor only moves forward (an older acknowledgement is ignored); acknowledging an
+        event not yet logged is a ValueError. A consumer is registered by its first ack.
+        """
+        self._write(self._ack_txn, self._consumer_key(consumer), upto_seq)
+
+    def _ack_txn(self, txn: _Txn, key: bytes, upto: int) -> None:
+        last = self._next_seq(txn) - 1
+        if not 0 <= upto <= last:
+            raise ValueError(f"cannot acknowledge event {upto}: events logged are 1..{last}")
+        raw = txn.get(key, db=self._cursors)
+        if raw is None or keys.SEQ.unpack(raw)[0] < upto:
+            txn.put(key, keys.SEQ.pack(upto), db=self._cursors)
+
+    def acked(self, consumer: str) -> int:
+        """The last event ``consumer`` acknowledged; 0 when it never did."""
+        key = self._consumer_key(consumer)
+        raw = self._read(lambda txn: txn.get(key, db=self._cursors))
+        return 0 if raw is None else keys.SEQ.unpack(raw)[0]
+
+    def trim_events(self, before_seq: int) -> int:
+        """Delete events below ``before_seq`` that every registered consumer has acknowledged.
+
+        Returns how many were deleted; events a consumer still needs are kept.
+        """
+        return self._write(self._trim_txn, before_seq)
+
+    def _trim_txn(self, txn: _Txn, before: int) -> int:
+        for _, raw in txn.cursor(self._cursors):
+            before = min(before, keys.SEQ.unpack(raw)[0] + 1)
+        cur = txn.cursor(self._events)
+        n = 0
+        cur.first()
+        # delete() moves the cursor to the next entry (key() is empty past the last one).
+        while (key := cur.key()) and keys.SEQ.unpack(key)[0] < before:
+            cur.delete()
+            n += 1
+        return n
 
     def _path_key(self, path: str) -> bytes | None:
         """The path index key, or None when no stored image can have this path."""
@@ -612,3 +723,14 @@ class Catalog:
 
     def _total_txn(self, txn: _Txn) -> int:
         return txn.stat(self._images)["entries"]
+
+    def files(self) -> dict[str, tuple[int, int]]:
+        """(file size, file mtime ns) of every image by path: what a rescan compares the disk to."""
+        return self._read(self._files_txn)
+
+    def _files_txn(self, txn: _Txn) -> dict[str, tuple[int, int]]:
+        out: dict[str, tuple[int, int]] = {}
+        for key, value in txn.cursor(self._images):
+            rec = codec.decode(keys.ID.unpack(key)[0], value)
+            out[rec.path] = (rec.file_size, rec.file_mtime_ns)
+        return out

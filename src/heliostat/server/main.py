@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -12,13 +13,23 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from heliostat.app import Heliostat
+from heliostat.archive.watch import Watcher
+from heliostat.server.admin_service import AdminService
 from heliostat.server.archive_service import ArchiveService
 from heliostat.server.render_service import RenderService
-from heliostat.v1 import archive_pb2, archive_pb2_grpc, render_pb2, render_pb2_grpc
+from heliostat.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    archive_pb2,
+    archive_pb2_grpc,
+    render_pb2,
+    render_pb2_grpc,
+)
 
 SERVICE_NAMES = (
     archive_pb2.DESCRIPTOR.services_by_name["ArchiveService"].full_name,
     render_pb2.DESCRIPTOR.services_by_name["RenderService"].full_name,
+    admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
 )
 MAX_RECEIVE_BYTES = 4 << 20  # requests are small; refuse anything bigger early
 
@@ -50,6 +61,9 @@ class Server:
         )
         render_pb2_grpc.add_RenderServiceServicer_to_server(
             RenderService(app, self.executor), self.server
+        )
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(
+            AdminService(app, self.executor), self.server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
@@ -86,9 +100,20 @@ class Server:
 
 
 async def serve(
-    app: Heliostat, *, host: str, port: int, reuse_port: bool = False, grace: float = 10.0
+    app: Heliostat,
+    *,
+    host: str,
+    port: int,
+    reuse_port: bool = False,
+    grace: float = 10.0,
+    watcher: Watcher | None = None,
+    early_stop: threading.Event | None = None,
 ) -> None:
-    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    """Run until SIGTERM or SIGINT, then shut down gracefully.
+
+    A watcher given runs in its own thread while the server serves; it is stopped (its pass in
+    progress finished) before the server closes the catalog.
+    """
     server = Server(app, host=host, port=port, reuse_port=reuse_port)
     bound = await server.start()
     print(f"heliostat: gRPC listening on {host}:{bound} (profile {app.profile.name})", flush=True)
@@ -96,6 +121,14 @@ async def serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
-    await stopping.wait()
-    print("heliostat: shutting down", flush=True)
+    if early_stop is not None and early_stop.is_set():
+        stopping.set()
+    if watcher is not None:
+        watcher.start()
+    try:
+        await stopping.wait()
+        print("heliostat: shutting down", flush=True)
+    finally:
+        if watcher is not None:  # its thread would otherwise keep the process alive
+            await loop.run_in_executor(None, watcher.stop)
     await server.stop(grace)
