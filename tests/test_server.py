@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2
 from PIL import Image
@@ -220,3 +221,51 @@ def test_corrupt_codestream_is_data_loss_and_deadlines_hold(tmp_path: Path) -> N
             assert c.tile(img.id, 1, 1, img.scale).width == 512
     finally:
         stop_server(srv)
+
+
+def test_screenshots_over_grpc(client: HeliostatClient) -> None:
+    shot = client.screenshot(
+        T0,
+        "[SOHO,LASCO,C3,white-light,1,100],[SDO,AIA,AIA,171,1,100],[SDO,HMI,HMI,continuum,1,0]",
+        image_scale=60.0,
+        corners=(-30000.0, -30000.0, 30000.0, 30000.0),
+    )
+    assert (shot.width, shot.height) == (1000, 1000) and shot.content_type == "image/png"
+    rgba = np.asarray(Image.open(io.BytesIO(shot.data)).convert("RGBA"))
+    assert rgba.shape == (1000, 1000, 4)
+    # The HMI layer had opacity 0: dropped. LASCO and AIA: the images closest to T0.
+    assert [layer.source_id for layer in shot.layers] == [5, 10]
+    aia = shot.layers[1]
+    assert aia.drawn and aia.offset.ToTimedelta() == timedelta(seconds=23, microseconds=340000)
+    assert shot.layers[0].offset.ToTimedelta() > timedelta(days=3000)
+    # The AIA disc (radius ~16 px at 60"/px) is gold over the centre; the corona is around it.
+    centre = rgba[495:505, 495:505].reshape(-1, 4).astype(int)
+    assert (centre[:, 0] > centre[:, 2]).all() and (centre[:, 3] == 255).all()
+    again = client.get_screenshot(shot.id)
+    assert again.data == shot.data and again.id == shot.id
+    small = client.screenshot(T0, "[10,1,100]", 2.4, centre=(0.0, 0.0, 300, 200), fmt="jpeg")
+    assert (small.width, small.height) == (300, 200) and small.data[:3] == b"\xff\xd8\xff"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "code", "field"),
+    [
+        ({"layers": "[10,1,100]", "image_scale": 0.01, "corners": (-1e5, -1e5, 1e5, 1e5)},
+         grpc.StatusCode.RESOURCE_EXHAUSTED, "4096"),
+        ({"layers": "[SDO,AIA,AIA,999,1,100]", "image_scale": 10.0,
+          "corners": (-100.0, -100.0, 100.0, 100.0)}, grpc.StatusCode.INVALID_ARGUMENT, "layers"),
+        ({"layers": "[10,1,100]", "image_scale": 10.0}, grpc.StatusCode.INVALID_ARGUMENT, "region"),
+        ({"layers": "[10,1,100]", "image_scale": 10.0, "corners": (5.0, 5.0, 5.0, 9.0)},
+         grpc.StatusCode.INVALID_ARGUMENT, ""),
+    ],
+)  # fmt: skip
+def test_bad_screenshots(
+    client: HeliostatClient, kwargs: dict[str, object], code: grpc.StatusCode, field: str
+) -> None:
+    with pytest.raises(grpc.RpcError) as e:
+        client.screenshot(T0, **kwargs)  # type: ignore[arg-type]
+    assert _code(e) == code
+    assert field in e.value.details()  # type: ignore[attr-defined]
+    with pytest.raises(grpc.RpcError) as e:
+        client.get_screenshot("no-such-shot")
+    assert _code(e) == grpc.StatusCode.NOT_FOUND

@@ -84,7 +84,8 @@ def test_plan_power_of_two() -> None:
     p = plan_tile(4096, 4096, 9, 0.6, 2.4, -1, -1)
     assert p.reduce == 2 and p.step == pytest.approx(1.0)
     assert (p.kx0, p.ky0) == (0, 0)
-    assert (p.x0, p.y0) == (0.0, 0.0)
+    # Output pixel 0 is centred on native 2, reduced sample 0 on native 0.5: k = 1.5 / 4.
+    assert (p.x0, p.y0) == (0.375, 0.375)
     p = plan_tile(4096, 4096, 9, 0.6, 0.6 * 3, 0, 0)
     assert p.reduce == 1 and p.step == pytest.approx(1.5)
 
@@ -125,13 +126,18 @@ def test_native_scale_tile_is_the_decoded_region(tmp_path: Path) -> None:
     assert np.array_equal(samples, region)
 
 
-def test_power_of_two_tile_is_the_reduced_decode() -> None:
+def test_power_of_two_tile_is_the_reduced_decode_shifted_onto_native_centres() -> None:
     f = AIA_171[1]
     rec = read_record(f, f.name)
     samples, alpha, reduce = _renderer(f.parent).pixels(rec, -1, 0, rec.scale * 4)
     assert reduce == 2 and alpha is None
-    full = J2KDecoder(f.read_bytes(), 2).decode(0, 0, 4096, 4096)
-    assert np.array_equal(samples, full[512:1024, 0:512])
+    full = J2KDecoder(f.read_bytes(), 2).decode(0, 0, 4096, 4096).astype(float)
+    full = np.pad(full, ((0, 1), (0, 1)), mode="edge")  # the last row blends with itself
+    # Output pixel u is centred on native 4u + 2; reduced sample k on native 4k + 0.5: so the
+    # tile samples the reduced image at k = u + 0.375, a linear blend of k and k + 1.
+    ref = 0.625 * full[512:1024, :512] + 0.375 * full[512:1024, 1:513]
+    ref = 0.625 * ref + 0.375 * (0.625 * full[513:1025, :512] + 0.375 * full[513:1025, 1:513])
+    assert np.abs(samples - np.floor(ref + 0.5)).max() <= 1
 
 
 def test_many_tiles_from_one_image_equal_region_decodes() -> None:
@@ -155,7 +161,7 @@ def _weights(n_out: int, n_src: int, start: float, step: float) -> np.ndarray:
 
 
 @pytest.mark.parametrize(("ratio", "x", "y"), [(3.0, 0, -1), (1.3, -1, 0), (0.45, 2, -3)])
-def test_any_scale_follows_helioviewer_geometry(ratio: float, x: int, y: int) -> None:
+def test_any_scale_follows_the_tile_geometry(ratio: float, x: int, y: int) -> None:
     # Independent reference: the tile's top-left corner sits at native (W/2 + 512·x·ratio,
     # H/2 + 512·y·ratio); reduce = floor(log2 ratio); the rest is a triangle filter.
     rec = read_record(LASCO_C3, LASCO_C3.name)
@@ -164,8 +170,9 @@ def test_any_scale_follows_helioviewer_geometry(ratio: float, x: int, y: int) ->
     f = 2**reduce
     full = J2KDecoder(LASCO_C3.read_bytes(), reduce).decode(0, 0, 1024, 1024).astype(float)
     step = ratio / f
-    wy = _weights(512, full.shape[0], (512 + 512 * y * ratio) / f, step)
-    wx = _weights(512, full.shape[1], (512 + 512 * x * ratio) / f, step)
+    # Reduced sample k is centred on native pixel k·2^r (the wavelet's even samples).
+    wy = _weights(512, full.shape[0], (512 + 512 * y * ratio - 0.5) / f + 0.5, step)
+    wx = _weights(512, full.shape[1], (512 + 512 * x * ratio - 0.5) / f + 0.5, step)
     ref = np.floor(wy @ full @ wx.T + 0.5)
     inside = np.ones((512, 512), bool) if alpha is None else alpha == 255
     assert inside.any()

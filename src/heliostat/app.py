@@ -28,9 +28,16 @@ from heliostat.catalog.store import Catalog
 from heliostat.config import Profile
 from heliostat.errors import DataLoss, InvalidArgument, NotFound
 from heliostat.imaging import encode
+from heliostat.imaging.affine import blend_over, radial_mask, warp_affine
+from heliostat.imaging.compose import Compositor
 from heliostat.imaging.decode import JP2Reader
 from heliostat.imaging.resample import resample
 from heliostat.imaging.tiles import FORMATS, Tile, TileRenderer
+from heliostat.subscriptions import matching
+from heliostat.subscriptions.service import CATALOG_CONSUMER, SubscriptionService
+from heliostat.screenshots.layers import parse_layers
+from heliostat.screenshots.region import Region
+from heliostat.screenshots.service import Screenshot, ScreenshotService
 
 Direction = Literal["nearest", "before", "after"]
 HOUR_US = 3_600_000_000
@@ -39,6 +46,7 @@ _STATUS_LEVELS_US = (2 * HOUR_US, 4 * HOUR_US, 12 * HOUR_US, 168 * HOUR_US)
 MAX_PAGE_SIZE = 10_000
 MAX_EVENLY_SPACED = 10_000
 MAX_EVENTS = 10_000
+FEED_BATCH = 1000  # catalog events matched per subscription-feed transaction
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +89,13 @@ class Heliostat:
         catalog_path = catalog_path or self.archive_root / ".heliostat" / "catalog"
         catalog_path.mkdir(parents=True, exist_ok=True)
         self.catalog = Catalog(catalog_path, map_size=profile.lmdb_map_size)
+        try:
+            self.subscriptions = SubscriptionService(
+                self.archive_root / ".heliostat" / "subscriptions", map_size=profile.lmdb_map_size
+            )
+        except BaseException:
+            self.catalog.close()
+            raise
         self.reader = JP2Reader(
             file_cache_bytes=profile.file_cache_bytes,
             decoded_cache_bytes=profile.decoded_cache_bytes,
@@ -89,10 +104,16 @@ class Heliostat:
         self.tiles = TileRenderer(
             self.archive_root, self.reader, cache_bytes=profile.tile_cache_bytes
         )
+        self.screenshots = ScreenshotService(
+            self.catalog,
+            Compositor(self.archive_root, self.reader),
+            cache_bytes=profile.tile_cache_bytes // 4,
+        )
         self._ingest_lock = threading.Lock()
         self.ingest_stats = IngestStats()
 
     def close(self) -> None:
+        self.subscriptions.close()
         self.catalog.close()
 
     def warm(self) -> None:
@@ -102,6 +123,12 @@ class Heliostat:
         alpha = np.empty((4, 4), np.uint8)
         resample(src, 0.0, 0.0, 1.5, 1.5, out, alpha)
         resample(src[1:, 1:], 0.0, 0.0, 1.5, 1.5, out, alpha)  # strided views of cached images
+        rot = np.array([[0.9, -0.4, 1.0], [0.4, 0.9, 0.5]])
+        warp_affine(src, rot, out, alpha)
+        warp_affine(src[1:, 1:], rot * 2, out, alpha)
+        radial_mask(alpha, 2.0, 2.0, 0.5, 1.5)
+        canvas = np.zeros((4, 4, 4), np.uint8)
+        blend_over(np.full((4, 4, 4), 200, np.uint8), 50, canvas)
         binary = np.array([[0, 255, 255, 255]] * 4, np.uint8)
         partial = np.array([[0, 128, 255, 255]] * 4, np.uint8)
         palette = np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1)
@@ -110,6 +137,7 @@ class Heliostat:
             for table in ("sdoaia171", palette, None):
                 for a in (None, binary, partial):
                     encode.encode(out, table=table, fmt=fmt, quality=85, alpha=a)
+        matching.warm()
 
     # -- catalog -----------------------------------------------------------------------------
 
@@ -244,7 +272,47 @@ class Heliostat:
         events = self.catalog.events_after(after_seq, limit or 100)
         return events, self.catalog.last_event_seq()  # read after: never below an event's seq
 
+    def feed_subscriptions(self) -> int:
+        """Match the next catalog events against the subscriptions, record them with their
+        actions, then acknowledge them in the catalog; returns how many were read.
+
+        The subscription store marks the last catalog event it recorded in the same
+        transaction, so a crash before the acknowledgement repeats no event.
+        """
+        after = max(self.catalog.acked(CATALOG_CONSUMER), self.subscriptions.store.catalog_seq())
+        events = self.catalog.events_after(after, FEED_BATCH)
+        if events:
+            self.subscriptions.consume(events)
+            self.catalog.ack_events(CATALOG_CONSUMER, events[-1].seq)
+        return len(events)
+
     # -- rendering ---------------------------------------------------------------------------
+
+    def take_screenshot(
+        self,
+        time_us: int,
+        layers: str,
+        region: Region,
+        fmt: str,
+        quality: int,
+        image_ids: Sequence[int] = (),
+    ) -> Screenshot:
+        """Composite the layers of a Helioviewer layer string; ``image_ids`` (0 = closest to the
+        time) pins layers to images."""
+        specs = parse_layers(layers)
+        if not specs:
+            raise InvalidArgument("no visible layer", field="layers")
+        if len(image_ids) > len(specs):
+            raise InvalidArgument(f"more ids than the {len(specs)} layers", field="image_ids")
+        if fmt not in FORMATS:
+            raise InvalidArgument(f"unknown format {fmt!r}", field="format")
+        if not 1 <= quality <= 100:
+            raise InvalidArgument(f"must be 1-100, got {quality}", field="quality")
+        pins = [i or None for i in image_ids]
+        return self.screenshots.take(time_us, specs, region, fmt, quality, image_ids=pins)
+
+    def screenshot(self, shot_id: str) -> Screenshot:
+        return self.screenshots.get(shot_id)
 
     def tile(
         self, image_id: int, x: int, y: int, image_scale: float, fmt: str, quality: int

@@ -213,3 +213,41 @@ class HeliostatClient:
             ),
             timeout=self.timeout,
         )
+
+    def screenshot(
+        self,
+        date: datetime,
+        layers: str,
+        image_scale: float,
+        *,
+        corners: tuple[float, float, float, float] | None = None,
+        centre: tuple[float, float, int, int] | None = None,
+        fmt: Literal["png", "jpeg", "webp"] = "png",
+        quality: int = 0,
+        image_ids: Sequence[int] = (),
+    ) -> render_pb2.Screenshot:
+        """Composite a Helioviewer layer string ("[SDO,AIA,AIA,171,1,100],[5,1,60]") over a region
+        given by corners (x1, y1, x2, y2 arcsec, y down) or centre (x0, y0 arcsec, width,
+        height px)."""
+        req = render_pb2.TakeScreenshotRequest(
+            date=_ts(date),
+            layers=layers,
+            image_scale=image_scale,
+            format=_FORMATS[fmt],
+            quality=quality,
+            image_ids=list(image_ids),
+        )
+        if corners is not None:
+            req.corners.CopyFrom(
+                render_pb2.Corners(x1=corners[0], y1=corners[1], x2=corners[2], y2=corners[3])
+            )
+        if centre is not None:
+            req.centre.CopyFrom(
+                render_pb2.Centre(x0=centre[0], y0=centre[1], width=centre[2], height=centre[3])
+            )
+        return self.render.TakeScreenshot(req, timeout=self.timeout)
+
+    def get_screenshot(self, shot_id: str) -> render_pb2.Screenshot:
+        return self.render.GetScreenshot(
+            render_pb2.GetScreenshotRequest(id=shot_id), timeout=self.timeout
+        )

@@ -4,7 +4,8 @@ Geometry (Helioviewer's getTile): with ``s`` the requested scale and ``j`` the i
 (both arcsec per pixel at 1 AU), a tile spans ``512·s/j`` native pixels; tile (x, y) starts at
 native pixel ``(W/2 + x·512·s/j, H/2 + y·512·s/j)`` — the grid is anchored at the image centre,
 y grows downward. JPEG 2000 reduction does the power-of-two part of ``s/j``; the resampling
-kernel does the rest. Parts of a tile outside the image are transparent.
+kernel does the rest; a reduced sample k stands for native pixel k·2^r (the wavelet low-pass
+band is centred on the even samples). Parts of a tile outside the image are transparent.
 """
 
 from __future__ import annotations
@@ -95,7 +96,9 @@ def plan_tile(
     span = TILE_SIZE * ratio
 
     def axis(origin: float, n_native: int) -> tuple[int, int, float]:
-        start = origin / f  # tile edge on the reduced grid
+        # Tile edge on the reduced grid. JPEG 2000's low-pass band keeps the even samples, so
+        # reduced sample k is centred on native pixel k·2^r, not on the middle of its 2^r block.
+        start = (origin - 0.5) / f + 0.5
         c0 = start + 0.5 * step - 0.5
         c1 = start + (TILE_SIZE - 0.5) * step - 0.5
         k0 = max(0, math.floor(c0 - radius))

@@ -1,4 +1,8 @@
-"""gRPC RenderService: tiles. Cached tiles are answered on the event loop without a thread hop."""
+"""gRPC RenderService: tiles and screenshots.
+
+Cached tiles are answered on the event loop without a thread hop; everything else is rendered in
+the executor.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,9 @@ import grpc
 from heliostat.app import Heliostat
 from heliostat.errors import InvalidArgument
 from heliostat.imaging.tiles import Tile, tile_key
+from heliostat.screenshots import region
+from heliostat.screenshots.service import Screenshot
+from heliostat.server import convert
 from heliostat.server.calls import handles_errors, offload
 from heliostat.v1 import render_pb2 as pb
 from heliostat.v1 import render_pb2_grpc
@@ -18,6 +25,7 @@ Ctx = grpc.aio.ServicerContext[Any, Any]
 
 _FORMATS = {pb.IMAGE_FORMAT_PNG: "png", pb.IMAGE_FORMAT_JPEG: "jpeg", pb.IMAGE_FORMAT_WEBP: "webp"}
 DEFAULT_QUALITY = 85
+DEFAULT_SCREENSHOT_QUALITY = 90
 
 
 def _message(tile: Tile) -> pb.Tile:
@@ -28,6 +36,29 @@ def _message(tile: Tile) -> pb.Tile:
         height=tile.height,
         reduce=tile.reduce,
     )
+
+
+def _screenshot(shot: Screenshot) -> pb.Screenshot:
+    msg = pb.Screenshot(
+        id=shot.id,
+        data=shot.data,
+        content_type=shot.content_type,
+        width=shot.width,
+        height=shot.height,
+    )
+    for used in shot.layers:
+        layer = msg.layers.add(
+            source_id=used.layer.source.id,
+            source_name=used.layer.source.name,
+            opacity=used.layer.opacity,
+            reduce=used.reduce,
+            drawn=used.drawn,
+        )
+        if used.image is not None:
+            layer.image_id = used.image.id
+            layer.date.CopyFrom(convert.to_timestamp(used.image.time_us))
+            layer.offset.CopyFrom(convert.to_duration(used.offset_us))
+    return msg
 
 
 class RenderService(render_pb2_grpc.RenderServiceServicer):
@@ -55,3 +86,38 @@ class RenderService(render_pb2_grpc.RenderServiceServicer):
             ),
         )
         return _message(tile)
+
+    @handles_errors
+    async def TakeScreenshot(
+        self, request: pb.TakeScreenshotRequest, context: Ctx
+    ) -> pb.Screenshot:
+        t = convert.required_time(request, "date")
+        fmt = _FORMATS.get(request.format)
+        if fmt is None:
+            raise InvalidArgument(f"unknown format {request.format}", field="format")
+        which = request.WhichOneof("region")
+        if which == "corners":
+            c = request.corners
+            roi = region.from_corners(c.x1, c.y1, c.x2, c.y2, request.image_scale)
+        elif which == "centre":
+            m = request.centre
+            roi = region.from_centre(m.x0, m.y0, m.width, m.height, request.image_scale)
+        else:
+            raise InvalidArgument("give corners or a centre and size", field="region")
+        quality = request.quality or DEFAULT_SCREENSHOT_QUALITY
+        shot = await offload(
+            context,
+            self.executor,
+            lambda: self.app.take_screenshot(
+                t, request.layers, roi, fmt, quality, list(request.image_ids)
+            ),
+        )
+        return _screenshot(shot)
+
+    @handles_errors
+    async def GetScreenshot(self, request: pb.GetScreenshotRequest, context: Ctx) -> pb.Screenshot:
+        if not request.id:
+            raise InvalidArgument("is required", field="id")
+        return _screenshot(
+            await offload(context, self.executor, lambda: self.app.screenshot(request.id))
+        )

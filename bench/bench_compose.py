@@ -1,0 +1,146 @@
+"""Frame assembly: the affine and blend kernels on 4096² inputs, and a 3-layer 1920×1200 screenshot.
+
+Baselines measured in the same run: a plain copy of the same bytes (numpy copyto),
+scipy.ndimage.affine_transform(order=1) for the affine kernel, a numpy float32 blend for the
+blend kernel, and a raw OpenJPEG whole-image decode of the AIA file for the cold screenshot.
+
+    .venv/bin/python bench/bench_compose.py
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage  # type: ignore[import-untyped]
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from conftest import AIA_171, DATA, LASCO_C3  # noqa: E402
+
+from bench.harness import Report, percentiles, repeat  # noqa: E402
+from heliostat.archive.header import read_record  # noqa: E402
+from heliostat.imaging import colortables, kernels  # noqa: E402
+from heliostat.imaging._openjpeg import J2KDecoder  # noqa: E402
+from heliostat.imaging.affine import blend_over, warp_affine  # noqa: E402
+from heliostat.imaging.compose import Compositor, LayerInput  # noqa: E402
+from heliostat.imaging.decode import JP2Reader  # noqa: E402
+from heliostat.screenshots import region as roi  # noqa: E402
+from heliostat.screenshots.service import encode_rgba  # noqa: E402
+
+SWAP = sorted(DATA.glob("*PROBA2_SWAP_SWAP_174.jp2"))
+
+
+def _rotation(deg: float, scale: float, n: int) -> np.ndarray:
+    """Rotate by deg and scale about the image centre."""
+    c, s = math.cos(math.radians(deg)) * scale, math.sin(math.radians(deg)) * scale
+    mid = (n - 1) / 2
+    return np.array([[c, -s, mid - c * mid + s * mid], [s, c, mid - s * mid - c * mid]])
+
+
+def kernel_figures(report: Report, aia: np.ndarray) -> None:
+    n = aia.shape[0]
+    out = np.empty_like(aia)
+    alpha = np.empty_like(aia)
+    m = _rotation(10.0, 1.0, n)
+    ours = percentiles(repeat(lambda: warp_affine(aia, m, out, alpha), 5))
+    copy = percentiles(repeat(lambda: np.copyto(out, aia), 5))
+    scipy_out = np.empty_like(aia)
+    matrix = np.array([[m[1, 1], m[1, 0]], [m[0, 1], m[0, 0]]])
+    offset = (m[1, 2], m[0, 2])
+    scipy = percentiles(
+        repeat(lambda: ndimage.affine_transform(aia, matrix, offset, order=1, output=scipy_out), 3)
+    )
+    report.add("affine 4096² rotate 10° (p50)", ours["p50_ms"], "ms",
+               baseline_name="copy of the same 16 MiB", baseline_value=copy["p50_ms"],
+               target="<= 3 x copy", met=ours["p50_ms"] <= 3 * copy["p50_ms"],
+               ours=ours, copy=copy)  # fmt: skip
+    report.add("affine 4096² rotate 10° vs scipy (p50)", ours["p50_ms"], "ms",
+               baseline_name="scipy affine_transform order=1", baseline_value=scipy["p50_ms"],
+               scipy=scipy)  # fmt: skip
+    small = np.empty((n // 2, n // 2), np.uint8)
+    small_alpha = np.empty_like(small)
+    m2 = _rotation(10.0, 1.9, n)
+    shrink = percentiles(repeat(lambda: warp_affine(aia, m2, small, small_alpha), 5))
+    report.add("affine 4096² → 2048² rotate 10°, 2×2 supersampled (p50)", shrink["p50_ms"], "ms",
+               ours=shrink)  # fmt: skip
+
+    lut = colortables.rgba("sdoaia171")
+    layer = kernels.apply_lut_rgba(aia, lut)
+    canvas0 = kernels.apply_lut_rgba(aia[::-1], lut)
+    canvas = canvas0.copy()
+    ours = percentiles(repeat(lambda: blend_over(layer, 70, canvas), 5))
+    copy = percentiles(repeat(lambda: np.copyto(canvas, layer), 5))
+    a = layer.astype(np.float32)
+    b = canvas0.astype(np.float32)
+    fl = percentiles(
+        repeat(lambda: (a * np.float32(0.7) + b * np.float32(0.3)).astype(np.uint8), 3)
+    )
+    report.add("blend 4096² RGBA at 70 % over opaque (p50)", ours["p50_ms"], "ms",
+               baseline_name="copy of the same 64 MiB", baseline_value=copy["p50_ms"],
+               target="<= 3 x copy", met=ours["p50_ms"] <= 3 * copy["p50_ms"],
+               ours=ours, copy=copy)  # fmt: skip
+    report.add("blend 4096² vs numpy float32 (p50)", ours["p50_ms"], "ms",
+               baseline_name="numpy float32 a*0.7+b*0.3", baseline_value=fl["p50_ms"],
+               numpy=fl)  # fmt: skip
+
+
+def screenshot_figures(report: Report) -> None:
+    files = [LASCO_C3, AIA_171[0], SWAP[0]]
+    recs = [read_record(f, f.name) for f in files]
+    # Coronagraph underneath, the disc over it, SWAP at half opacity on top.
+    layers = [LayerInput(recs[0]), LayerInput(recs[1]), LayerInput(recs[2], 50)]
+    view = roi.from_centre(0, 0, 1920, 1200, 4.8408817).viewport
+
+    cold, cold_png, raw = [], [], []
+    for _ in range(5):
+        comp = Compositor(DATA, JP2Reader())
+        t0 = time.perf_counter()
+        frame = comp.compose(layers, view)
+        t1 = time.perf_counter()
+        encode_rgba(frame.rgba, "png", 90)
+        cold.append(t1 - t0)
+        cold_png.append(time.perf_counter() - t0)
+        data = AIA_171[0].read_bytes()
+        t0 = time.perf_counter()
+        dec = J2KDecoder(data, frame.layers[1].reduce)
+        dec.decode(0, 0, dec.width, dec.height)  # the whole image at that reduce level
+        raw.append(time.perf_counter() - t0)
+    c, cp, r = percentiles(cold), percentiles(cold_png), percentiles(raw)
+    report.add("screenshot 1920×1200 cold, composed + PNG (p50)", cp["p50_ms"], "ms",
+               baseline_name="raw OpenJPEG decode of the AIA layer at its reduce",
+               baseline_value=r["p50_ms"], target="<= 800 ms", met=cp["p50_ms"] <= 800,
+               compose_only=c, raw=r)  # fmt: skip
+
+    warm = percentiles(repeat(lambda: comp.compose(layers, view), 15))
+    frame = comp.compose(layers, view)
+    fmts = {f: percentiles(repeat(lambda f=f: encode_rgba(frame.rgba, f, 90), 5))  # type: ignore[misc]
+            for f in ("png", "jpeg", "webp")}  # fmt: skip
+    total = percentiles(repeat(lambda: encode_rgba(comp.compose(layers, view).rgba, "png", 90), 15))
+    report.add("screenshot 1920×1200 warm, composed + PNG (p50)", total["p50_ms"], "ms",
+               target="<= 150 ms", met=total["p50_ms"] <= 150, compose_only=warm,
+               encode=fmts)  # fmt: skip
+    report.add("screenshot 1920×1200 warm, compose only (p50)", warm["p50_ms"], "ms", ours=warm)
+    for f, p in fmts.items():
+        report.add(f"encode 1920×1200 RGBA {f} (p50)", p["p50_ms"], "ms")
+
+
+def main() -> None:
+    report = Report(
+        "compose",
+        "Affine/blend kernels on a real AIA 171 4096² image and a 1920×1200 screenshot of "
+        "LASCO C3 + AIA 171 + SWAP 174 (50 %) at 4.84 arcsec/px, in-process.",
+    )
+    aia = J2KDecoder(AIA_171[0].read_bytes(), 0).decode(0, 0, 4096, 4096)
+    kernel_figures(report, aia)
+    screenshot_figures(report)
+    report.write()
+
+
+if __name__ == "__main__":
+    main()

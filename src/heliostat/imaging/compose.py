@@ -1,0 +1,231 @@
+"""Frame assembly: several catalogued images resampled onto one view of the Sun and blended.
+
+A view is a rectangle in arcsec from Sun centre (normalised to 1 AU, y down, Helioviewer's
+region of interest) at ``scale`` arcsec per output pixel. Each layer is placed by its own
+geometry:
+
+* Sun centre: ``ref_pixel_x/y`` (1-based, FITS y up) in the stored image (top row first) is the
+  0-based pixel-centre position ``col = ref_pixel_x − 1``, ``row = height − ref_pixel_y``.
+* Plate scale: ``record.scale`` (CDELT1 normalised by DSUN), so observers at different distances
+  show the Sun at the same size; pixels are taken to be square.
+* Rotation: CROTA. A point ``(X, Y)`` arcsec (Y up) lies at pixel offset ``PCᵀ (X, Y) / scale``
+  (Y up) with FITS ``PC = [[cos, −sin], [sin, cos]]``, which turns solar north up.
+
+JPEG 2000 ``reduce`` does the power-of-two part of the shrink, ``floor(log2(scale / layer
+scale))`` clamped to the file's levels, and only the window of the reduced image the view needs
+is decoded. Reduced sample k sits at native position ``2^reduce · k`` (the wavelet low-pass is
+centred on the even sample), not at the middle of the native pixels it replaces; the limb tests
+at reduce 1 see the difference, half a native pixel. Unrotated layers go through the separable
+triangle-filter kernel the tiles use; rotated ones through the supersampled bilinear kernel of
+heliostat.imaging.affine. Coronagraphs are masked to their field of view (OCCULTERS). Layers
+are drawn in the order given, each OVER what is already there; pixels no layer covers stay
+transparent.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from heliostat.archive import sources
+from heliostat.catalog.records import ImageRecord
+from heliostat.errors import DataLoss, FailedPrecondition, InvalidArgument
+from heliostat.imaging import colortables, kernels
+from heliostat.imaging.affine import blend_over, radial_mask, warp_affine
+from heliostat.imaging.decode import (
+    DecodeError,
+    FileChangedError,
+    FileKey,
+    JP2Reader,
+    reduced_size,
+)
+from heliostat.imaging.resample import resample
+
+U8Array = npt.NDArray[np.uint8]
+F64Array = npt.NDArray[np.float64]
+
+# Solar radius seen from 1 AU, arcsec: the constant Helioviewer normalises radii with.
+RSUN_ARCSEC = 959.644
+
+# Field of view of each coronagraph, (inner, outer) in solar radii around Sun centre. LASCO
+# values are Helioviewer's HV_ROCC_INNER/OUTER defaults (C2 2.0/7.0, C3 4.4/31.5); COR1 and COR2
+# are the instruments' nominal fields (1.5–4 and 2.5–15 R☉). Header-independent on purpose:
+# Helioviewer's own alpha masks are fixed per instrument too.
+OCCULTERS: dict[int, tuple[float, float]] = {
+    4: (2.0, 7.0),
+    5: (4.4, 31.5),
+    28: (1.5, 4.0),
+    29: (2.5, 15.0),
+    30: (1.5, 4.0),
+    31: (2.5, 15.0),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Viewport:
+    x1: float  # arcsec from Sun centre of the top-left corner, y down
+    y1: float
+    scale: float  # arcsec per output pixel, normalised to 1 AU
+    width: int  # output pixels
+    height: int
+
+
+@dataclass(frozen=True, slots=True)
+class LayerInput:
+    record: ImageRecord
+    opacity: int = 100  # percent
+    # A packaged colour table's name or a (256, 3) palette; None = the source's standard table,
+    # else the file's own palette, else grey.
+    table: str | U8Array | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LayerPlacement:
+    record: ImageRecord
+    reduce: int  # JPEG 2000 resolution reduction used
+    drawn: bool  # False when the image lies entirely outside the view
+
+
+@dataclass(frozen=True, slots=True)
+class Composite:
+    rgba: U8Array  # (height, width, 4), straight alpha
+    layers: tuple[LayerPlacement, ...]
+
+
+def choose_reduce(view_scale: float, layer_scale: float, num_resolutions: int) -> int:
+    ratio = view_scale / layer_scale
+    if ratio < 1:
+        return 0
+    return min(math.floor(math.log2(ratio)), num_resolutions - 1)
+
+
+def layer_matrix(record: ImageRecord, view: Viewport, reduce: int) -> F64Array:
+    """The (2, 3) affine from output pixel centres to pixel centres of the reduced image."""
+    j = record.scale
+    theta = math.radians(record.rotation)
+    c, s = math.cos(theta), math.sin(theta)
+    col_c = record.ref_pixel_x - 1
+    row_c = record.height - record.ref_pixel_y
+    f = 1 << reduce
+    k = view.scale / (j * f)
+    # Arcsec (x right, y down) of output pixel (0, 0)'s centre.
+    x0 = view.x1 + 0.5 * view.scale
+    y0 = view.y1 + 0.5 * view.scale
+    # The wavelet low-pass behind reduced sample k is centred on native sample f·k (not on the
+    # middle of the f native pixels it replaces): native position n is reduced position n / f.
+    return np.array(
+        [
+            [c * k, -s * k, (col_c + (c * x0 - s * y0) / j) / f],
+            [s * k, c * k, (row_c + (s * x0 + c * y0) / j) / f],
+        ]
+    )
+
+
+def _window(m: F64Array, view: Viewport, w: int, h: int) -> tuple[int, int, int, int]:
+    """The part [x0, x1) × [y0, y1) of a w × h image the view samples, with filter margin."""
+    us = np.array([-0.5, view.width - 0.5, -0.5, view.width - 0.5])
+    vs = np.array([-0.5, -0.5, view.height - 0.5, view.height - 0.5])
+    xs = m[0, 0] * us + m[0, 1] * vs + m[0, 2]
+    ys = m[1, 0] * us + m[1, 1] * vs + m[1, 2]
+    pad = math.ceil(max(abs(m[0, 0]) + abs(m[0, 1]), abs(m[1, 0]) + abs(m[1, 1]))) + 2
+    x0 = max(0, math.floor(xs.min()) - pad)
+    y0 = max(0, math.floor(ys.min()) - pad)
+    x1 = min(w, math.ceil(xs.max()) + pad + 1)
+    y1 = min(h, math.ceil(ys.max()) + pad + 1)
+    return x0, y0, x1, y1
+
+
+class Compositor:
+    """Renders views of catalogued JP2 images through a shared JP2Reader (and its caches)."""
+
+    def __init__(self, archive_root: Path, reader: JP2Reader) -> None:
+        self.archive_root = archive_root
+        self.reader = reader
+
+    def _key(self, record: ImageRecord) -> FileKey:
+        return FileKey(str(self.archive_root / record.path), record.file_size, record.file_mtime_ns)
+
+    def _lut(self, layer: LayerInput, palette: U8Array | None) -> U8Array:
+        table = layer.table
+        if table is None:
+            table = sources.by_id(layer.record.source_id).color_table
+        if isinstance(table, str):
+            if table not in colortables.names():
+                raise InvalidArgument(f"unknown colour table {table!r}", field="table")
+            return colortables.rgba(table)
+        rgb = palette if table is None else table
+        if rgb is None:
+            return colortables.rgba(None)
+        if rgb.dtype != np.uint8 or rgb.shape != (256, 3):
+            raise InvalidArgument(
+                f"a palette must be (256, 3) uint8, not {rgb.shape}", field="table"
+            )
+        lut = np.full((256, 4), 255, np.uint8)
+        lut[:, :3] = rgb
+        return lut
+
+    def _samples(
+        self, record: ImageRecord, view: Viewport
+    ) -> tuple[U8Array, U8Array, int, bool, U8Array | None]:
+        """The layer's samples on the output grid, their coverage, reduce, drawn and palette."""
+        fk = self._key(record)
+        out = np.zeros((view.height, view.width), np.uint8)
+        alpha = np.zeros((view.height, view.width), np.uint8)
+        try:
+            info = self.reader.info(fk)
+            reduce = choose_reduce(view.scale, record.scale, info.num_resolutions)
+            w, h = reduced_size(info.width, reduce), reduced_size(info.height, reduce)
+            m = layer_matrix(record, view, reduce)
+            x0, y0, x1, y1 = _window(m, view, w, h)
+            if x0 >= x1 or y0 >= y1:
+                return out, alpha, reduce, False, info.palette
+            src = self.reader.region(fk, reduce, x0, y0, x1, y1)
+        except FileChangedError as e:
+            raise FailedPrecondition(f"{e}; re-ingest it", field="image_id") from None
+        except DecodeError as e:
+            raise DataLoss(f"image {record.id} cannot be decoded: {e}", field="image_id") from None
+        m[0, 2] -= x0
+        m[1, 2] -= y0
+        if m[0, 1] == 0.0 and m[1, 0] == 0.0:
+            # resample's sample position is x0 + (u + 0.5)·sx − 0.5; ours is m00·u + m02.
+            sx, sy = float(m[0, 0]), float(m[1, 1])
+            resample(src, m[0, 2] + 0.5 - 0.5 * sx, m[1, 2] + 0.5 - 0.5 * sy, sx, sy, out, alpha)
+        else:
+            warp_affine(src, m, out, alpha)
+        occulter = OCCULTERS.get(record.source_id)
+        if occulter is not None:
+            # Sun centre in output pixels; radii from R☉ at 1 AU in output pixels.
+            cx = -view.x1 / view.scale - 0.5
+            cy = -view.y1 / view.scale - 0.5
+            r = RSUN_ARCSEC / view.scale
+            radial_mask(alpha, cx, cy, occulter[0] * r, occulter[1] * r)
+        return out, alpha, reduce, bool(alpha.any()), info.palette
+
+    def compose(self, layers: Sequence[LayerInput], view: Viewport) -> Composite:
+        if view.width < 1 or view.height < 1 or not view.scale > 0:
+            raise InvalidArgument(f"empty view {view}", field="region")
+        canvas = np.zeros((view.height, view.width, 4), np.uint8)
+        scratch: U8Array | None = None
+        empty = True
+        placed = []
+        for layer in layers:
+            if not 0 <= layer.opacity <= 100:
+                raise InvalidArgument(f"must be 0-100, got {layer.opacity}", field="opacity")
+            samples, alpha, reduce, drawn, palette = self._samples(layer.record, view)
+            placed.append(LayerPlacement(layer.record, reduce, drawn))
+            if not drawn or layer.opacity == 0:
+                continue
+            lut = self._lut(layer, palette)
+            if empty and layer.opacity == 100:
+                # OVER an empty canvas is a copy: colour straight into it.
+                kernels.apply_lut_rgba_masked(samples, alpha, lut, out=canvas)
+            else:
+                scratch = kernels.apply_lut_rgba_masked(samples, alpha, lut, out=scratch)
+                blend_over(scratch, layer.opacity, canvas)
+            empty = False
+        return Composite(canvas, tuple(placed))

@@ -1,0 +1,1 @@
+"""Screenshots: Helioviewer layer strings, regions of interest and the cached screenshot service."""

@@ -1,0 +1,130 @@
+"""Affine resampling, occulter mask and OVER-blend kernels against direct references."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import ndimage  # type: ignore[import-untyped]
+
+from heliostat.imaging.affine import blend_over, radial_mask, warp_affine
+
+
+def _warp(src: np.ndarray, m: object, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    out = np.empty(shape, np.uint8)
+    alpha = np.empty(shape, np.uint8)
+    warp_affine(src, np.asarray(m, np.float64), out, alpha)
+    return out, alpha
+
+
+def _rotation(deg: float, scale: float, tx: float, ty: float) -> np.ndarray:
+    c, s = math.cos(math.radians(deg)), math.sin(math.radians(deg))
+    return np.array([[c * scale, -s * scale, tx], [s * scale, c * scale, ty]])
+
+
+def test_identity_is_an_exact_copy_of_a_strided_view() -> None:
+    big = np.random.default_rng(0).integers(0, 256, (80, 90), dtype=np.uint8)
+    view = big[5:75, 10:80]
+    out, alpha = _warp(view, [[1, 0, 0], [0, 1, 0]], view.shape)
+    assert np.array_equal(out, view)
+    assert alpha.min() == 255
+
+
+def test_enlarging_rotation_is_bilinear_like_scipy() -> None:
+    src = np.random.default_rng(1).integers(0, 256, (64, 64), dtype=np.uint8)
+    m = _rotation(23.0, 0.7, 20.0, 5.0)  # 0.7 source px per output px: one sample a pixel
+    out, alpha = _warp(src, m, (40, 40))
+    # scipy maps (row, col) output indices to (row, col) input coordinates: swap the axes.
+    matrix = np.array([[m[1, 1], m[1, 0]], [m[0, 1], m[0, 0]]])
+    ref = ndimage.affine_transform(
+        src.astype(np.float64), matrix, offset=(m[1, 2], m[0, 2]), output_shape=(40, 40), order=1
+    )
+    inside = alpha == 255
+    assert inside.sum() > 1000
+    # 8-bit fixed-point weights: within one grey level of exact bilinear.
+    assert np.abs(out[inside].astype(float) - ref[inside]).max() <= 1
+
+
+def test_shrinking_averages_the_footprint_instead_of_aliasing() -> None:
+    # One-pixel stripes: point sampling at 1.7 px steps would give bands of 0 and 255.
+    src = np.tile(np.array([0, 255], np.uint8), (200, 100))
+    out, alpha = _warp(src, _rotation(10.0, 1.7, 40.0, 20.0), (60, 60))
+    core = out[alpha == 255]
+    assert core.size > 2000
+    assert core.min() >= 90 and core.max() <= 165
+    assert abs(core.mean() - 127.5) < 6
+
+
+def test_coverage_is_the_fraction_of_the_footprint_inside_the_source() -> None:
+    src = np.full((10, 10), 200, np.uint8)
+    # Output pixel u covers source [2u - 1.5, 2u + 0.5) horizontally: column 0 half outside.
+    out, alpha = _warp(src, [[2, 0, -0.5], [0, 2, 0.5]], (4, 8))
+    assert alpha[0, 0] == 128 and out[0, 0] == 200  # the mean of what is covered
+    assert (alpha[:, 1:5] == 255).all()
+    assert (alpha[:, 6:] == 0).all() and (out[:, 6:] == 0).all()
+
+
+def test_radial_mask_keeps_only_the_annulus_with_soft_edges() -> None:
+    alpha = np.full((101, 101), 255, np.uint8)
+    radial_mask(alpha, 50.0, 50.0, 10.0, 40.0)
+    assert alpha[50, 50] == 0 and alpha[50, 55] == 0
+    assert alpha[50, 75] == 255 and alpha[50, 50 + 39] == 255
+    assert alpha[0, 0] == 0 and alpha[50, 95] == 0
+    assert alpha[50, 60] == 128  # on the inner rim: half covered
+
+
+def _reference_over(layer: np.ndarray, opacity: int, canvas: np.ndarray) -> np.ndarray:
+    # Opacity scales the layer's alpha byte, rounded to a byte, before compositing.
+    sa = np.floor(layer[..., 3:].astype(float) * opacity / 100 + 0.5) / 255
+    da = canvas[..., 3:].astype(float) / 255
+    oa = sa + da * (1 - sa)
+    rgb = (layer[..., :3] * sa + canvas[..., :3] * da * (1 - sa)) / np.where(oa > 0, oa, 1)
+    out = np.concatenate([np.where(oa > 0, rgb, canvas[..., :3]), oa * 255], axis=-1)
+    return np.asarray(out)
+
+
+@pytest.mark.parametrize("opacity", [0, 1, 37, 50, 100])
+def test_blend_matches_porter_duff_over(opacity: int) -> None:
+    rng = np.random.default_rng(opacity)
+    layer = rng.integers(0, 256, (64, 64, 4), dtype=np.uint8)
+    canvas = rng.integers(0, 256, (64, 64, 4), dtype=np.uint8)
+    # Every path: transparent, opaque and partial alpha on both sides.
+    layer[:16, :, 3] = 0
+    layer[16:32, :, 3] = 255
+    canvas[:, :16, 3] = 0
+    canvas[:, 16:32, 3] = 255
+    ref = _reference_over(layer, opacity, canvas)
+    out = canvas.copy()
+    blend_over(layer, opacity, out)
+    covered = ref[..., 3] > 0
+    assert np.abs(out[..., 3].astype(float) - ref[..., 3]).max() <= 1
+    assert np.abs(out[covered][:, :3].astype(float) - ref[covered][:, :3]).max() <= 1
+    if opacity == 0:
+        assert np.array_equal(out, canvas)
+
+
+def test_blend_rejects_mismatched_or_non_rgba_arrays() -> None:
+    a = np.zeros((4, 4, 4), np.uint8)
+    with pytest.raises(ValueError, match="shape"):
+        blend_over(a, 50, np.zeros((4, 5, 4), np.uint8))
+    with pytest.raises(ValueError, match="layer"):
+        blend_over(np.zeros((4, 4, 3), np.uint8), 50, a)
+    with pytest.raises(ValueError, match="opacity"):
+        blend_over(a, 101, a.copy())
+
+
+def test_supersampled_shrink_is_the_mean_of_bilinear_samples() -> None:
+    src = np.random.default_rng(3).integers(0, 256, (80, 80), dtype=np.uint8)
+    m = _rotation(-31.0, 1.6, 30.0, 8.0)  # 1.6 source px per output px: 2×2 samples
+    out, alpha = _warp(src, m, (30, 30))
+    v, u = np.mgrid[0:30, 0:30].astype(float)
+    ref = np.zeros((30, 30))
+    for dv in (-0.25, 0.25):
+        for du in (-0.25, 0.25):
+            x = m[0, 0] * (u + du) + m[0, 1] * (v + dv) + m[0, 2]
+            y = m[1, 0] * (u + du) + m[1, 1] * (v + dv) + m[1, 2]
+            ref += ndimage.map_coordinates(src.astype(float), [y, x], order=1, mode="nearest") / 4
+    inside = alpha == 255
+    assert inside.sum() > 400
+    assert np.abs(out[inside] - ref[inside]).max() <= 1
