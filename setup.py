@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pathlib
+from typing import ClassVar
 
 import numpy as np
 from Cython.Build import cythonize
@@ -19,7 +20,7 @@ class BuildProtos(Command):
     """Generate heliostat/v1/*_pb2.py, *_pb2.pyi and *_pb2_grpc.py with grpcio-tools."""
 
     description = "generate protobuf and gRPC modules from protos/"
-    user_options: list[tuple[str, str | None, str]] = []
+    user_options: ClassVar[list[tuple[str, str | None, str]]] = []
 
     def initialize_options(self) -> None:
         pass

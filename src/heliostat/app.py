@@ -33,11 +33,11 @@ from heliostat.imaging.compose import Compositor
 from heliostat.imaging.decode import JP2Reader
 from heliostat.imaging.resample import resample
 from heliostat.imaging.tiles import FORMATS, Tile, TileRenderer
-from heliostat.subscriptions import matching
-from heliostat.subscriptions.service import CATALOG_CONSUMER, SubscriptionService
 from heliostat.screenshots.layers import parse_layers
 from heliostat.screenshots.region import Region
 from heliostat.screenshots.service import Screenshot, ScreenshotService
+from heliostat.subscriptions import matching
+from heliostat.subscriptions.service import CATALOG_CONSUMER, SubscriptionService
 
 Direction = Literal["nearest", "before", "after"]
 HOUR_US = 3_600_000_000

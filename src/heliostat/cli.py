@@ -222,6 +222,30 @@ def _watch(args: argparse.Namespace, archive: Path, catalog: Catalog) -> int:
     return 0
 
 
+def _token(args: argparse.Namespace) -> int:
+    from heliostat.archive import times
+    from heliostat.subscriptions import auth
+    from heliostat.subscriptions.store import SubscriptionStore
+
+    archive = Path(args.archive).resolve()
+    if not archive.is_dir():
+        raise FileNotFoundError(f"archive folder {archive} does not exist")
+    # Safe while a server runs: LMDB lets processes share the environment.
+    with SubscriptionStore(archive / ".heliostat" / "subscriptions") as store:
+        if args.action == "create":
+            print(auth.create_token(store, args.owner, operator=args.operator))
+        elif args.action == "revoke":
+            token_id = auth.token_id(args.token) or args.token
+            if not store.remove_token(token_id):
+                print(f"heliostat: no token {token_id}", file=sys.stderr)
+                return 1
+        else:
+            for t in store.tokens():
+                role = "operator" if t.operator else "owner"
+                print(f"{t.token_id}\t{t.owner}\t{role}\t{times.iso(t.created_us)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="heliostat", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -269,6 +293,18 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("--overwrite", action="store_true", help="rewrite outputs that already exist")
     j.add_argument("--quiet", action="store_true", help="no progress bar")
     j.set_defaults(func=_jp2gen)
+
+    t = sub.add_parser("token", help="issue, revoke and list subscription-service tokens")
+    tsub = t.add_subparsers(dest="action", required=True)
+    tc = tsub.add_parser("create", help="issue a token (printed once, stored only hashed)")
+    tc.add_argument("--owner", required=True, help="the owner its subscriptions belong to")
+    tc.add_argument("--operator", action="store_true", help="may see and change all")
+    tr = tsub.add_parser("revoke", help="revoke a token")
+    tr.add_argument("token", help="the token or its id (from `token list`)")
+    tl = tsub.add_parser("list", help="token ids, owners and roles")
+    for q in (tc, tr, tl):
+        q.add_argument("--archive", required=True, help="archive root folder")
+        q.set_defaults(func=_token)
     return p
 
 

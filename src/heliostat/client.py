@@ -28,6 +28,8 @@ from heliostat.v1 import (
     archive_pb2_grpc,
     render_pb2,
     render_pb2_grpc,
+    subscriptions_pb2,
+    subscriptions_pb2_grpc,
 )
 
 _DIRECTIONS = {
@@ -50,9 +52,16 @@ def _ts(dt: datetime) -> Timestamp:
 
 class HeliostatClient:
     def __init__(
-        self, target: str, *, timeout: float = 30.0, max_message_bytes: int = 64 << 20
+        self,
+        target: str,
+        *,
+        timeout: float = 30.0,
+        max_message_bytes: int = 64 << 20,
+        token: str | None = None,
     ) -> None:
+        """``token``: a bearer token (``heliostat token create``) for the subscription calls."""
         self.timeout = timeout
+        self._auth = (("authorization", f"Bearer {token}"),) if token else ()
         self.channel = grpc.insecure_channel(
             target,
             options=[
@@ -65,6 +74,7 @@ class HeliostatClient:
         self.render = render_pb2_grpc.RenderServiceStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
         self.admin = admin_pb2_grpc.AdminServiceStub(self.channel)
+        self.subs = subscriptions_pb2_grpc.SubscriptionServiceStub(self.channel)
 
     def close(self) -> None:
         self.channel.close()
@@ -190,6 +200,104 @@ class HeliostatClient:
             admin_pb2.ListEventsRequest(after_seq=after_seq, limit=limit), timeout=self.timeout
         )
         return list(r.events)
+
+    # -- subscriptions (need a token) --------------------------------------------------------
+
+    def collections(self) -> list[subscriptions_pb2.SubscriptionCollection]:
+        r = self.subs.ListCollections(
+            subscriptions_pb2.ListCollectionsRequest(), timeout=self.timeout, metadata=self._auth
+        )
+        return list(r.collections)
+
+    def create_collection(
+        self, short_name: str, version: str = "1"
+    ) -> subscriptions_pb2.SubscriptionCollection:
+        """A collection of non-image granules with lon/lat footprints (operator only)."""
+        c = subscriptions_pb2.SubscriptionCollection(
+            short_name=short_name, version=version, frame=subscriptions_pb2.FRAME_GEOGRAPHIC
+        )
+        return self.subs.CreateCollection(
+            subscriptions_pb2.CreateCollectionRequest(collection=c),
+            timeout=self.timeout,
+            metadata=self._auth,
+        )
+
+    def create_subscription(
+        self, subscription: subscriptions_pb2.Subscription
+    ) -> subscriptions_pb2.Subscription:
+        return self.subs.CreateSubscription(
+            subscriptions_pb2.CreateSubscriptionRequest(subscription=subscription),
+            timeout=self.timeout,
+            metadata=self._auth,
+        )
+
+    def subscription(self, subscription_id: int) -> subscriptions_pb2.Subscription:
+        return self.subs.GetSubscription(
+            subscriptions_pb2.GetSubscriptionRequest(id=subscription_id),
+            timeout=self.timeout,
+            metadata=self._auth,
+        )
+
+    def subscriptions(
+        self, *, owner: str = "", theme: str = "", page_size: int = 100
+    ) -> Iterator[subscriptions_pb2.Subscription]:
+        """The caller's subscriptions (the operator's: everyone's), page by page."""
+        token = ""
+        while True:
+            r = self.subs.ListSubscriptions(
+                subscriptions_pb2.ListSubscriptionsRequest(
+                    owner=owner, theme=theme, page_size=page_size, page_token=token
+                ),
+                timeout=self.timeout,
+                metadata=self._auth,
+            )
+            yield from r.subscriptions
+            token = r.next_page_token
+            if not token:
+                return
+
+    def update_subscription(
+        self, subscription: subscriptions_pb2.Subscription, fields: Sequence[str]
+    ) -> subscriptions_pb2.Subscription:
+        """Change the named fields of the subscription with ``subscription.id``."""
+        r = subscriptions_pb2.UpdateSubscriptionRequest(subscription=subscription)
+        r.update_mask.paths.extend(fields)
+        return self.subs.UpdateSubscription(r, timeout=self.timeout, metadata=self._auth)
+
+    def delete_subscription(self, subscription_id: int) -> None:
+        self.subs.DeleteSubscription(
+            subscriptions_pb2.DeleteSubscriptionRequest(id=subscription_id),
+            timeout=self.timeout,
+            metadata=self._auth,
+        )
+
+    def theme(self, op: Literal["suspend", "resume", "cancel"], theme: str) -> int:
+        """Suspend, resume or cancel a theme's subscriptions; returns how many changed."""
+        call = {
+            "suspend": self.subs.SuspendTheme,
+            "resume": self.subs.ResumeTheme,
+            "cancel": self.subs.CancelTheme,
+        }[op]
+        req = subscriptions_pb2.ThemeRequest(theme=theme)
+        return int(call(req, timeout=self.timeout, metadata=self._auth).count)
+
+    def publish_events(self, events: Sequence[subscriptions_pb2.GranuleEvent]) -> list[int]:
+        """Publish granule events (operator only); returns their ids once durable."""
+        r = self.subs.PublishEvents(
+            subscriptions_pb2.PublishEventsRequest(events=list(events)),
+            timeout=self.timeout,
+            metadata=self._auth,
+        )
+        return list(r.event_ids)
+
+    def actions(self, after: str = "", limit: int = 100) -> list[subscriptions_pb2.MatchedAction]:
+        """Actions produced by matches after an action id, oldest first."""
+        r = self.subs.ListActions(
+            subscriptions_pb2.ListActionsRequest(after=after, limit=limit),
+            timeout=self.timeout,
+            metadata=self._auth,
+        )
+        return list(r.actions)
 
     # -- rendering -----------------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -12,11 +13,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from heliostat.app import Heliostat
+from heliostat.app import FEED_BATCH, Heliostat
 from heliostat.archive.watch import Watcher
 from heliostat.server.admin_service import AdminService
 from heliostat.server.archive_service import ArchiveService
 from heliostat.server.render_service import RenderService
+from heliostat.server.subscription_service import SubscriptionServicer
 from heliostat.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -24,14 +26,18 @@ from heliostat.v1 import (
     archive_pb2_grpc,
     render_pb2,
     render_pb2_grpc,
+    subscriptions_pb2,
+    subscriptions_pb2_grpc,
 )
 
 SERVICE_NAMES = (
     archive_pb2.DESCRIPTOR.services_by_name["ArchiveService"].full_name,
     render_pb2.DESCRIPTOR.services_by_name["RenderService"].full_name,
     admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+    subscriptions_pb2.DESCRIPTOR.services_by_name["SubscriptionService"].full_name,
 )
 MAX_RECEIVE_BYTES = 4 << 20  # requests are small; refuse anything bigger early
+FEED_INTERVAL_S = 0.1  # catalog events reach the subscription matcher within this
 
 
 class Server:
@@ -65,6 +71,10 @@ class Server:
         admin_pb2_grpc.add_AdminServiceServicer_to_server(
             AdminService(app, self.executor), self.server
         )
+        subscriptions_pb2_grpc.add_SubscriptionServiceServicer_to_server(
+            SubscriptionServicer(app.subscriptions, self.executor), self.server
+        )
+        self._feeder: asyncio.Task[None] | None = None
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (
@@ -87,13 +97,32 @@ class Server:
         self.port = port
         await self._set_all(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.start()
-        await asyncio.get_running_loop().run_in_executor(self.executor, self.app.warm)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self.executor, self.app.warm)
+        await loop.run_in_executor(self.executor, self._feed_all)  # once at start
+        self._feeder = asyncio.create_task(self._feed_subscriptions())
         await self._set_all(health_pb2.HealthCheckResponse.SERVING)
         return port
+
+    def _feed_all(self) -> None:
+        while self.app.feed_subscriptions() == FEED_BATCH:
+            pass
+
+    async def _feed_subscriptions(self) -> None:
+        """Feed catalog events to the subscription matcher every FEED_INTERVAL_S."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(FEED_INTERVAL_S)
+            try:
+                await loop.run_in_executor(self.executor, self._feed_all)
+            except Exception as e:  # the catalog keeps the events: the next pass retries
+                print(f"heliostat: subscription feed failed: {e!r}", file=sys.stderr, flush=True)
 
     async def stop(self, grace: float = 10.0) -> None:
         """Report NOT_SERVING so balancers drain, finish in-flight calls, then stop."""
         await self.health.enter_graceful_shutdown()
+        if self._feeder is not None:
+            self._feeder.cancel()
         await self.server.stop(grace)
         self.executor.shutdown(wait=True, cancel_futures=True)
         self.app.close()

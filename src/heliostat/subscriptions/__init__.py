@@ -1,0 +1,1 @@
+"""Standing subscriptions on collections: model, LMDB store, matching engine, tokens, service."""

@@ -1,0 +1,335 @@
+"""Subscription domain model (after the ECS Spatial Subscription Server).
+
+A collection is a short name plus version. Each catalog data source is one collection of solar
+images (footprints in helioprojective arcsec); clients create further collections for other
+granules (footprints as lon/lat boxes). A subscription stands on one collection (fixed at
+creation) for some event types; it matches an event when it is active, not expired, and every
+qualifier holds. Values are validated on construction by ``validate_*``, raising InvalidArgument
+naming the field, so nothing invalid reaches the store or the index.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args
+from urllib.parse import urlsplit
+
+from heliostat.archive import sources
+from heliostat.errors import InvalidArgument
+
+EventType = Literal["insert", "delete", "update_metadata"]
+EVENT_TYPES: tuple[EventType, ...] = get_args(EventType)
+Frame = Literal["helioprojective", "geographic"]
+FRAMES: tuple[Frame, ...] = get_args(Frame)
+ActionKind = Literal["email", "webhook", "watch", "datapool", "distribution"]
+ACTION_KINDS: tuple[ActionKind, ...] = get_args(ActionKind)
+
+# Parameters each action kind needs; others are kept as given for the phase 2 drivers.
+REQUIRED_PARAMS: dict[ActionKind, tuple[str, ...]] = {
+    "email": ("address",),
+    "webhook": ("url",),
+    "watch": (),
+    "datapool": ("pool",),
+    "distribution": ("media", "destination"),
+}
+MAX_NAME = 80
+MAX_ACTIONS = 16
+MAX_QUALIFIERS = 32
+MAX_PARAM = 1024
+HP_LIMIT = 1e5  # arcsec: far beyond any coronagraph field of view
+_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,80}$")
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+@dataclass(frozen=True, slots=True)
+class Collection:
+    short_name: str
+    version: str
+    frame: Frame
+    source_id: int | None = None  # the catalog data source it mirrors, if any
+
+    @property
+    def key(self) -> str:
+        return f"{self.short_name}.{self.version}"
+
+
+def source_collection(src: sources.DataSource) -> Collection:
+    """The collection mirroring a catalog data source: "AIA 171" → AIA_171 version 1."""
+    return Collection(src.name.replace(" ", "_"), "1", "helioprojective", src.id)
+
+
+@dataclass(frozen=True, slots=True)
+class Box:
+    """x/y: lon/lat degrees (geographic) or helioprojective arcsec; edges are inclusive."""
+
+    x_min: float
+    y_min: float
+    x_max: float
+    y_max: float
+
+    def intersects(self, other: Box) -> bool:
+        return (
+            self.x_min <= other.x_max
+            and other.x_min <= self.x_max
+            and self.y_min <= other.y_max
+            and other.y_min <= self.y_max
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Temporal:
+    start_us: int
+    end_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class NumericRange:
+    attribute: str
+    min: float
+    max: float
+
+
+@dataclass(frozen=True, slots=True)
+class StringEquals:
+    attribute: str
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
+class Qualifiers:
+    temporal: Temporal | None = None
+    numeric: tuple[NumericRange, ...] = ()
+    strings: tuple[StringEquals, ...] = ()
+    spatial: Box | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    kind: ActionKind
+    params: tuple[tuple[str, str], ...] = ()  # sorted (name, value) pairs
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    id: int
+    owner: str
+    collection: str  # Collection.key
+    event_types: frozenset[EventType]
+    active: bool = True
+    expires_us: int = 0  # 0: never
+    theme: str = ""
+    qualifiers: Qualifiers = field(default_factory=Qualifiers)
+    actions: tuple[Action, ...] = ()
+    created_us: int = 0
+    updated_us: int = 0
+
+    def live(self, now_us: int) -> bool:
+        return self.active and (self.expires_us == 0 or self.expires_us > now_us)
+
+
+@dataclass(frozen=True, slots=True)
+class GranuleEvent:
+    """An insert, delete or metadata update of one granule (an image, for image collections)."""
+
+    collection: str
+    type: EventType
+    granule: str
+    start_us: int
+    end_us: int
+    box: Box | None = None
+    numeric: tuple[tuple[str, float], ...] = ()
+    strings: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    id: int
+    event: GranuleEvent
+
+
+@dataclass(frozen=True, slots=True)
+class MatchedAction:
+    """One action to run for one event and subscription; ``id`` is stable across retries."""
+
+    event_id: int
+    subscription_id: int
+    index: int  # position in the subscription's action list
+    owner: str
+    action: Action
+    event: GranuleEvent
+
+    @property
+    def id(self) -> str:
+        return action_id(self.event_id, self.subscription_id, self.index)
+
+
+def action_id(event_id: int, subscription_id: int, index: int) -> str:
+    return f"{event_id:016x}-{subscription_id:016x}-{index:04x}"
+
+
+# -- validation ---------------------------------------------------------------------------------
+
+
+def validate_name(value: str, field: str, *, allow_empty: bool = False) -> str:
+    if not value and allow_empty:
+        return value
+    if not _NAME.match(value):
+        raise InvalidArgument(f"must be 1-{MAX_NAME} of A-Z a-z 0-9 _ . -", field=field)
+    return value
+
+
+def validate_collection(c: Collection) -> Collection:
+    validate_name(c.short_name, "short_name")
+    validate_name(c.version, "version")
+    if c.frame not in FRAMES:
+        raise InvalidArgument(f"must be one of {', '.join(FRAMES)}", field="frame")
+    return c
+
+
+def validate_box(b: Box, frame: Frame, field: str) -> Box:
+    values = (b.x_min, b.y_min, b.x_max, b.y_max)
+    if not all(math.isfinite(v) for v in values):
+        raise InvalidArgument("coordinates must be finite", field=field)
+    if b.x_min > b.x_max or b.y_min > b.y_max:
+        raise InvalidArgument("min must not exceed max", field=field)
+    if frame == "geographic":
+        # Boxes across the antimeridian are given as two subscriptions in phase 1.
+        if not (b.x_min >= -180 and b.x_max <= 180 and b.y_min >= -90 and b.y_max <= 90):
+            raise InvalidArgument("lon must lie in [-180, 180], lat in [-90, 90]", field=field)
+    elif max(abs(v) for v in values) > HP_LIMIT:
+        raise InvalidArgument(f"arcsec must lie in ±{HP_LIMIT:g}", field=field)
+    return b
+
+
+def validate_qualifiers(q: Qualifiers, frame: Frame) -> Qualifiers:
+    if q.temporal is not None and q.temporal.end_us < q.temporal.start_us:
+        raise InvalidArgument("end must not be before start", field="qualifiers.temporal")
+    if len(q.numeric) + len(q.strings) > MAX_QUALIFIERS:
+        raise InvalidArgument(f"at most {MAX_QUALIFIERS} attribute qualifiers", field="qualifiers")
+    for n in q.numeric:
+        validate_name(n.attribute, "qualifiers.numeric.attribute")
+        if math.isnan(n.min) or math.isnan(n.max) or n.min > n.max:
+            raise InvalidArgument("min must not exceed max", field="qualifiers.numeric")
+    for s in q.strings:
+        validate_name(s.attribute, "qualifiers.string.attribute")
+        if len(s.value) > MAX_PARAM:
+            raise InvalidArgument(f"at most {MAX_PARAM} characters", field="qualifiers.string")
+    if q.spatial is not None:
+        validate_box(q.spatial, frame, "qualifiers.spatial")
+    return q
+
+
+def validate_action(a: Action, i: int) -> Action:
+    where = f"actions[{i}]"
+    if a.kind not in ACTION_KINDS:
+        raise InvalidArgument(f"kind must be one of {', '.join(ACTION_KINDS)}", field=where)
+    params = dict(a.params)
+    for name in REQUIRED_PARAMS[a.kind]:
+        if not params.get(name):
+            raise InvalidArgument(f"a {a.kind} action needs {name!r}", field=f"{where}.{name}")
+    for name, value in params.items():
+        validate_name(name, f"{where}.params")
+        if len(value) > MAX_PARAM:
+            raise InvalidArgument(f"at most {MAX_PARAM} characters", field=f"{where}.{name}")
+    if a.kind == "email" and not _EMAIL.match(params["address"]):
+        raise InvalidArgument("not an email address", field=f"{where}.address")
+    if a.kind == "webhook":
+        url = urlsplit(params["url"])
+        if url.scheme not in ("http", "https") or not url.netloc:
+            raise InvalidArgument("must be an http(s) URL", field=f"{where}.url")
+    return Action(a.kind, tuple(sorted(params.items())))
+
+
+def validate_subscription(s: Subscription, frame: Frame) -> Subscription:
+    validate_name(s.owner, "owner")
+    validate_name(s.theme, "theme", allow_empty=True)
+    if not s.event_types:
+        raise InvalidArgument("name at least one event type", field="event_types")
+    if not s.event_types <= set(EVENT_TYPES):
+        raise InvalidArgument(f"must be among {', '.join(EVENT_TYPES)}", field="event_types")
+    if s.expires_us < 0:
+        raise InvalidArgument("must not be negative", field="expire_time")
+    if len(s.actions) > MAX_ACTIONS:
+        raise InvalidArgument(f"at most {MAX_ACTIONS} actions", field="actions")
+    validate_qualifiers(s.qualifiers, frame)
+    actions = tuple(validate_action(a, i) for i, a in enumerate(s.actions))
+    return Subscription(
+        s.id, s.owner, s.collection, s.event_types, s.active, s.expires_us, s.theme,
+        s.qualifiers, actions, s.created_us, s.updated_us,
+    )  # fmt: skip
+
+
+def validate_event(e: GranuleEvent, frame: Frame, i: int) -> GranuleEvent:
+    where = f"events[{i}]"
+    if e.type not in EVENT_TYPES:
+        raise InvalidArgument(f"must be one of {', '.join(EVENT_TYPES)}", field=f"{where}.type")
+    if not e.granule or len(e.granule) > MAX_PARAM:
+        raise InvalidArgument(f"must be 1-{MAX_PARAM} characters", field=f"{where}.granule")
+    if e.end_us < e.start_us:
+        raise InvalidArgument("end must not be before start", field=f"{where}.end")
+    if e.box is not None:
+        validate_box(e.box, frame, f"{where}.footprint")
+    for name, v in e.numeric:
+        validate_name(name, f"{where}.numeric")
+        if math.isnan(v):
+            raise InvalidArgument("must be a number", field=f"{where}.numeric.{name}")
+    for name, _ in e.strings:
+        validate_name(name, f"{where}.strings")
+    return e
+
+
+# -- JSON-able forms for the store ----------------------------------------------------------------
+
+
+def box_to_list(b: Box | None) -> list[float] | None:
+    return None if b is None else [b.x_min, b.y_min, b.x_max, b.y_max]
+
+
+def box_from_list(v: list[float] | None) -> Box | None:
+    return None if v is None else Box(*v)
+
+
+def subscription_to_dict(s: Subscription) -> dict[str, Any]:
+    q = s.qualifiers
+    return {
+        "id": s.id, "owner": s.owner, "collection": s.collection,
+        "types": sorted(s.event_types), "active": s.active, "expires": s.expires_us,
+        "theme": s.theme,
+        "t": None if q.temporal is None else [q.temporal.start_us, q.temporal.end_us],
+        "num": [[n.attribute, n.min, n.max] for n in q.numeric],
+        "str": [[x.attribute, x.value] for x in q.strings],
+        "box": box_to_list(q.spatial),
+        "actions": [[a.kind, dict(a.params)] for a in s.actions],
+        "created": s.created_us, "updated": s.updated_us,
+    }  # fmt: skip
+
+
+def subscription_from_dict(d: dict[str, Any]) -> Subscription:
+    t = d["t"]
+    q = Qualifiers(
+        None if t is None else Temporal(t[0], t[1]),
+        tuple(NumericRange(a, lo, hi) for a, lo, hi in d["num"]),
+        tuple(StringEquals(a, v) for a, v in d["str"]),
+        box_from_list(d["box"]),
+    )
+    return Subscription(
+        d["id"], d["owner"], d["collection"], frozenset(d["types"]), d["active"], d["expires"],
+        d["theme"], q, tuple(Action(k, tuple(sorted(p.items()))) for k, p in d["actions"]),
+        d["created"], d["updated"],
+    )  # fmt: skip
+
+
+def event_to_dict(e: GranuleEvent) -> dict[str, Any]:
+    return {
+        "c": e.collection, "type": e.type, "g": e.granule, "s": e.start_us, "e": e.end_us,
+        "box": box_to_list(e.box), "num": dict(e.numeric), "str": dict(e.strings),
+    }  # fmt: skip
+
+
+def event_from_dict(d: dict[str, Any]) -> GranuleEvent:
+    return GranuleEvent(
+        d["c"], d["type"], d["g"], d["s"], d["e"], box_from_list(d["box"]),
+        tuple(d["num"].items()), tuple(d["str"].items()),
+    )  # fmt: skip

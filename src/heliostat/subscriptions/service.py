@@ -1,0 +1,281 @@
+"""The subscription service: CRUD with ownership checks, publishing and matching, actions.
+
+Protocol-free, like heliostat.app: every check that names a field happens here. An owner sees
+and changes only their own subscriptions; somebody else's is reported as not found, so that
+existence is not revealed. The operator sees and changes all.
+
+Changes are written to LMDB first; the in-memory index then catches up from the store's change
+log (``_catch_up``), before every match too, so it follows the writes of every process serving
+the same store (``serve --processes N``), in the store's order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from heliostat.archive import sources
+from heliostat.catalog.codec import CatalogEvent, EventKind
+from heliostat.errors import InvalidArgument, NotFound
+from heliostat.subscriptions.auth import Principal, authenticate
+from heliostat.subscriptions.matching import MatchEngine
+from heliostat.subscriptions.model import (
+    Action,
+    Box,
+    Collection,
+    EventType,
+    GranuleEvent,
+    MatchedAction,
+    Qualifiers,
+    StoredEvent,
+    Subscription,
+    source_collection,
+    validate_collection,
+    validate_event,
+    validate_subscription,
+)
+from heliostat.subscriptions.store import SubscriptionStore, action_key
+
+MAX_PAGE = 1000
+MAX_PUBLISH = 1000
+CATALOG_CONSUMER = "subscriptions"
+_CATALOG_TYPES: dict[EventKind, EventType] = {
+    "insert": "insert",
+    "update": "update_metadata",
+    "delete": "delete",
+}
+ThemeOp = Literal["suspend", "resume", "cancel"]
+UPDATABLE = frozenset(
+    {"owner", "active", "expire_time", "qualifiers", "actions", "event_types", "theme"}
+)
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Patch:
+    """Fields to change; ``fields`` names those that are set (the update mask)."""
+
+    fields: frozenset[str]
+    owner: str = ""
+    active: bool = True
+    expires_us: int = 0
+    qualifiers: Qualifiers = dataclasses.field(default_factory=Qualifiers)
+    actions: tuple[Action, ...] = ()
+    event_types: frozenset[EventType] = frozenset()
+    theme: str = ""
+
+
+class SubscriptionService:
+    def __init__(self, path: Path, *, map_size: int = 1 << 30) -> None:
+        self.store = SubscriptionStore(path, map_size=map_size)
+        try:
+            self.store.add_collections([source_collection(s) for s in sources.SOURCES])
+            self._load_collections()
+            rows, attrs, colls, self._generation = self.store.index_data()
+            self.engine = MatchEngine.from_rows(rows, attrs, colls)
+        except BaseException:
+            self.store.close()
+            raise
+        self._lock = threading.Lock()  # orders store writes with index updates
+
+    def close(self) -> None:
+        self.store.close()
+
+    def _load_collections(self) -> None:
+        self._collections = {c.key: c for c in self.store.collections()}
+        self._by_source = {c.source_id: c for c in self._collections.values() if c.source_id}
+
+    def _catch_up(self) -> None:
+        """Apply the subscription writes logged since the index's generation; caller holds
+        the lock."""
+        self._generation, changed = self.store.changes_after(self._generation)
+        for sid, s in changed.items():
+            if s is None:
+                self.engine.remove(sid)
+            else:
+                self.engine.upsert(s)
+
+    def authenticate(self, token: str) -> Principal | None:
+        return authenticate(self.store, token)
+
+    # -- collections ----------------------------------------------------------------------------
+
+    def collections(self) -> list[Collection]:
+        return sorted(self._collections.values(), key=lambda c: c.key)
+
+    def create_collection(self, who: Principal, c: Collection) -> Collection:
+        who.require_operator("create collections")
+        if c.source_id is not None:
+            raise InvalidArgument("image collections mirror the data sources", field="source_id")
+        validate_collection(c)
+        if c.frame != "geographic":
+            raise InvalidArgument("client collections are geographic", field="frame")
+        with self._lock:
+            if not self.store.add_collections([c]):
+                raise InvalidArgument(f"collection {c.key} exists", field="short_name")
+            self._collections[c.key] = c
+        return c
+
+    def _collection(self, key: str, field: str = "collection") -> Collection:
+        c = self._collections.get(key)
+        if c is None:
+            self._load_collections()  # another process may have created it
+            c = self._collections.get(key)
+        if c is None:
+            raise NotFound(f"no collection {key!r}", field=field)
+        return c
+
+    # -- subscriptions --------------------------------------------------------------------------
+
+    def create(self, who: Principal, s: Subscription) -> Subscription:
+        owner = s.owner or who.owner
+        if owner != who.owner and not who.operator:
+            raise InvalidArgument("only the operator subscribes for others", field="owner")
+        frame = self._collection(s.collection).frame
+        t = now_us()
+        s = dataclasses.replace(s, owner=owner, created_us=t, updated_us=t)
+        s = validate_subscription(s, frame)
+        with self._lock:
+            (stored,) = self.store.create([s])
+            self._catch_up()
+        return stored
+
+    def get(self, who: Principal, sub_id: int) -> Subscription:
+        s = self.store.get(sub_id) if sub_id > 0 else None
+        if s is None or (s.owner != who.owner and not who.operator):
+            raise NotFound(f"no subscription {sub_id}", field="id")
+        return s
+
+    def list_subscriptions(
+        self, who: Principal, *, owner: str = "", theme: str = "", after_id: int = 0, limit: int = 0
+    ) -> list[Subscription]:
+        """A page of subscriptions by id; the owner's own unless the operator asks."""
+        if not 0 <= limit <= MAX_PAGE:
+            raise InvalidArgument(f"must be 0-{MAX_PAGE}", field="page_size")
+        if owner and owner != who.owner and not who.operator:
+            return []  # others' subscriptions are invisible, not forbidden
+        scope: str | None = owner or (None if who.operator else who.owner)
+        return self.store.page(
+            owner=scope, theme=theme or None, after_id=after_id, limit=limit or 100
+        )
+
+    def update(self, who: Principal, sub_id: int, patch: Patch) -> Subscription:
+        if not patch.fields:
+            raise InvalidArgument("name at least one field to change", field="update_mask")
+        if "collection" in patch.fields:
+            raise InvalidArgument("is fixed when the subscription is created", field="collection")
+        unknown = patch.fields - UPDATABLE
+        if unknown:
+            raise InvalidArgument(
+                f"cannot change {', '.join(sorted(unknown))}", field="update_mask"
+            )
+        if "owner" in patch.fields and not who.operator:
+            raise InvalidArgument("only the operator changes owners", field="owner")
+        with self._lock:
+            old = self.get(who, sub_id)
+            f = patch.fields
+            new = dataclasses.replace(
+                old,
+                owner=patch.owner if "owner" in f else old.owner,
+                active=patch.active if "active" in f else old.active,
+                expires_us=patch.expires_us if "expire_time" in f else old.expires_us,
+                qualifiers=patch.qualifiers if "qualifiers" in f else old.qualifiers,
+                actions=patch.actions if "actions" in f else old.actions,
+                event_types=patch.event_types if "event_types" in f else old.event_types,
+                theme=patch.theme if "theme" in f else old.theme,
+                updated_us=now_us(),
+            )
+            new = validate_subscription(new, self._collection(old.collection).frame)
+            self.store.replace([(old, new)])
+            self._catch_up()
+        return new
+
+    def delete(self, who: Principal, sub_id: int) -> None:
+        with self._lock:
+            s = self.get(who, sub_id)
+            self.store.delete([s])
+            self._catch_up()
+
+    def theme(self, who: Principal, theme: str, op: ThemeOp) -> int:
+        """Suspend, resume or cancel (delete) every subscription of a theme the caller may
+        change; returns how many."""
+        if not theme:
+            raise InvalidArgument("is required", field="theme")
+        with self._lock:
+            subs: list[Subscription] = []
+            after = 0
+            while page := self.list_subscriptions(who, theme=theme, after_id=after, limit=MAX_PAGE):
+                subs += page
+                after = page[-1].id
+            if op == "cancel":
+                self.store.delete(subs)
+                self._catch_up()
+                return len(subs)
+            t = now_us()
+            pairs = [(s, dataclasses.replace(s, active=op == "resume", updated_us=t)) for s in subs]
+            self.store.replace(pairs)
+            self._catch_up()
+            return len(pairs)
+
+    # -- events ---------------------------------------------------------------------------------
+
+    def publish(self, who: Principal, events: Sequence[GranuleEvent]) -> list[StoredEvent]:
+        """Match a batch of granule events and record them with their actions; returns the
+        events with their ids once durable. Events come from data providers: operator only."""
+        who.require_operator("publish events")
+        if not events:
+            raise InvalidArgument("name at least one event", field="events")
+        if len(events) > MAX_PUBLISH:
+            raise InvalidArgument(f"at most {MAX_PUBLISH} events per call", field="events")
+        for i, e in enumerate(events):
+            c = self._collection(e.collection, field=f"events[{i}].collection")
+            if c.source_id is not None:
+                raise InvalidArgument(
+                    "image collections are fed by the catalog", field=f"events[{i}].collection"
+                )
+            validate_event(e, c.frame, i)
+        return self._record(events, None)
+
+    def _record(
+        self, events: Sequence[GranuleEvent], catalog_seqs: Sequence[int] | None
+    ) -> list[StoredEvent]:
+        with self._lock:
+            self._catch_up()
+            return self.store.record(self.engine.match(events, now_us()), catalog_seqs)
+
+    def catalog_event(self, e: CatalogEvent) -> GranuleEvent | None:
+        c = self._by_source.get(e.source_id)
+        if c is None:
+            return None
+        fp = e.footprint
+        return GranuleEvent(
+            c.key, _CATALOG_TYPES[e.kind], e.path, e.time_us, e.time_us,
+            Box(fp.x_min, fp.y_min, fp.x_max, fp.y_max),
+            (("width", float(e.width)), ("height", float(e.height)), ("scale", e.scale)),
+            (("path", e.path),),
+        )  # fmt: skip
+
+    def consume(self, catalog_events: Sequence[CatalogEvent]) -> list[StoredEvent]:
+        """Match and record catalog events (in sequence order); those already recorded, by
+        this process or before a crash, are skipped."""
+        pairs = [(g, e.seq) for e in catalog_events if (g := self.catalog_event(e)) is not None]
+        if not pairs:
+            return []
+        return self._record([g for g, _ in pairs], [s for _, s in pairs])
+
+    def actions(self, who: Principal, after: str, limit: int) -> list[MatchedAction]:
+        if not 0 <= limit <= MAX_PAGE:
+            raise InvalidArgument(f"must be 0-{MAX_PAGE}", field="limit")
+        try:
+            key = action_key(after) if after else b""
+        except ValueError:
+            raise InvalidArgument("not an action id", field="after") from None
+        return self.store.actions_after(key, limit or 100, None if who.operator else who.owner)

@@ -1,0 +1,534 @@
+"""Durable state of the subscription service in its own LMDB environment.
+
+Databases: ``subs`` (id → JSON), ``by_owner`` / ``by_theme`` (name NUL id → empty),
+``idx`` / ``idx_attrs`` (id → the matching fields, see matching.index_row, for a fast restart),
+``sub_actions`` (id → the action list as recorded with a match), ``collections`` (key → JSON with
+a number for idx rows), ``tokens`` (token id → salted SHA-256 digest, owner, role), ``events``
+(event id → JSON), ``actions`` (event id, subscription id, action index → the subscription's
+action list when matched), ``actions_by_owner``, and ``changes`` (generation → id of the
+subscription written), which lets every process that serves the store bring its in-memory index
+up to date with writes made by the others. Ids and action keys are big-endian, so
+queues append at the end of their trees and scan in order.
+
+An accepted event batch and every action its matches produce are written in one synced
+transaction (``record``), so an event acknowledged to its publisher has all of its actions, and a
+retried transaction cannot duplicate any (an action's key is its stable id). Catalog events carry
+their catalog sequence number; the last one recorded is kept in the same transaction, so a
+consumer that crashes before acknowledging the catalog skips them on its next pass.
+
+Concurrency follows heliostat.catalog.store: writes are serialised by a lock, the map doubles
+when near full, and a remap waits until no read transaction of this process is open.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import struct
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeAlias, TypeVar
+
+import lmdb
+import numpy as np
+import numpy.typing as npt
+
+from heliostat.subscriptions.matching import ROW, AttrRow, attr_row, index_row
+from heliostat.subscriptions.model import (
+    Action,
+    Collection,
+    GranuleEvent,
+    MatchedAction,
+    StoredEvent,
+    Subscription,
+    event_from_dict,
+    event_to_dict,
+    subscription_from_dict,
+    subscription_to_dict,
+)
+
+_DB_NAMES = (
+    b"meta", b"subs", b"by_owner", b"by_theme", b"collections", b"tokens", b"events", b"actions",
+    b"actions_by_owner", b"idx", b"idx_attrs", b"sub_actions", b"changes",
+)  # fmt: skip
+_NEXT_SUB = b"next_sub_id"
+_NEXT_EVENT = b"next_event_id"
+_CATALOG_SEQ = b"catalog_seq"
+_NEXT_GEN = b"next_generation"
+_U64 = struct.Struct(">Q")
+_ACTION_KEY = struct.Struct(">QQH")
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+if TYPE_CHECKING:
+    _Txn: TypeAlias = lmdb.Transaction[bytes]
+
+
+def _dumps(v: Any) -> bytes:
+    return json.dumps(v, separators=(",", ":")).encode()
+
+
+def _name_key(name: str, sub_id: int) -> bytes:
+    return name.encode() + b"\0" + _U64.pack(sub_id)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRecord:
+    token_id: str
+    salt: bytes
+    digest: bytes
+    owner: str
+    operator: bool
+    created_us: int
+
+
+class SubscriptionStore:
+    def __init__(self, path: Path, *, map_size: int = 1 << 30, max_readers: int = 256) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        self._write_lock = threading.Lock()
+        self._gate = threading.Condition(threading.Lock())
+        self._reading = 0
+        self._remapping = False
+        self._env = lmdb.open(
+            str(path), map_size=map_size, max_dbs=len(_DB_NAMES), max_readers=max_readers,
+            sync=True, metasync=True, writemap=False,
+        )  # fmt: skip
+        self._page_size = self._env.stat()["psize"]
+        try:
+            dbs = self._write(lambda txn: [self._env.open_db(n, txn=txn) for n in _DB_NAMES])
+        except BaseException:
+            self._env.close()
+            raise
+        (
+            self._meta, self._subs, self._by_owner, self._by_theme, self._collections,
+            self._tokens, self._events, self._actions, self._actions_by_owner, self._idx,
+            self._idx_attrs, self._sub_actions, self._changes,
+        ) = dbs  # fmt: skip
+
+    def close(self) -> None:
+        with self._write_lock:
+            self._exclusive(self._env.close)
+
+    def __enter__(self) -> SubscriptionStore:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # -- transactions (the catalog's scheme) --------------------------------------------------
+
+    def _exclusive(self, fn: Callable[[], None]) -> None:
+        with self._gate:
+            self._remapping = True
+            while self._reading:
+                self._gate.wait()
+        try:
+            fn()
+        finally:
+            with self._gate:
+                self._remapping = False
+                self._gate.notify_all()
+
+    def _grow(self) -> None:
+        size = self._env.info()["map_size"] * 2
+        self._exclusive(lambda: self._env.set_mapsize(size))
+
+    def _write(
+        self, fn: Callable[Concatenate[_Txn, _P], _T], *args: _P.args, **kwargs: _P.kwargs
+    ) -> _T:
+        with self._write_lock:
+            while True:
+                info = self._env.info()
+                if (info["last_pgno"] + 1) * self._page_size * 2 > info["map_size"]:
+                    self._grow()
+                try:
+                    txn = self._env.begin(write=True)
+                except lmdb.MapResizedError:
+                    self._exclusive(lambda: self._env.set_mapsize(0))  # another process grew it
+                    continue
+                try:
+                    result = fn(txn, *args, **kwargs)
+                except BaseException as e:
+                    self._exclusive(txn.abort)
+                    if not isinstance(e, lmdb.MapFullError):
+                        raise
+                    self._grow()
+                    continue
+                try:
+                    txn.commit()
+                except lmdb.MapFullError:
+                    self._grow()
+                    continue
+                return result
+
+    def _read(
+        self, fn: Callable[Concatenate[_Txn, _P], _T], *args: _P.args, **kwargs: _P.kwargs
+    ) -> _T:
+        while True:
+            self._enter_read()
+            try:
+                with self._env.begin() as txn:
+                    return fn(txn, *args, **kwargs)
+            except lmdb.MapResizedError:
+                pass  # another process grew the map past ours: adopt its size, once out
+            finally:
+                self._leave_read()
+            with self._write_lock:
+                self._exclusive(lambda: self._env.set_mapsize(0))
+
+    def _enter_read(self) -> None:
+        with self._gate:
+            while self._remapping:
+                self._gate.wait()
+            self._reading += 1
+
+    def _leave_read(self) -> None:
+        with self._gate:
+            self._reading -= 1
+            if self._remapping and not self._reading:
+                self._gate.notify_all()
+
+    def _next(self, txn: _Txn, key: bytes, n: int) -> int:
+        """Reserve n ids from the counter at key; returns the first."""
+        raw = txn.get(key, db=self._meta)
+        first = 1 if raw is None else _U64.unpack(raw)[0]
+        txn.put(key, _U64.pack(first + n), db=self._meta)
+        return first
+
+    # -- collections ----------------------------------------------------------------------------
+
+    def collections(self) -> list[Collection]:
+        def read(txn: _Txn) -> list[Collection]:
+            out = []
+            for v in txn.cursor(self._collections).iternext(keys=False):
+                d = json.loads(v)
+                del d["no"]
+                out.append(Collection(**d))
+            return out
+
+        return self._read(read)
+
+    def add_collections(self, cs: Sequence[Collection]) -> list[Collection]:
+        """Add the collections not yet known; returns those added."""
+
+        def write(txn: _Txn) -> list[Collection]:
+            added = []
+            for c in cs:
+                if txn.get(c.key.encode(), db=self._collections) is not None:
+                    continue
+                value = _dumps(
+                    {"short_name": c.short_name, "version": c.version, "frame": c.frame,
+                     "source_id": c.source_id, "no": txn.stat(self._collections)["entries"]}
+                )  # fmt: skip
+                if txn.put(c.key.encode(), value, overwrite=False, db=self._collections):
+                    added.append(c)
+            return added
+
+        return self._write(write)
+
+    # -- subscriptions --------------------------------------------------------------------------
+
+    def create(self, subs: Sequence[Subscription]) -> list[Subscription]:
+        """Store new subscriptions under fresh ids (their ``id`` is ignored)."""
+
+        def write(txn: _Txn) -> list[Subscription]:
+            first = self._next(txn, _NEXT_SUB, len(subs))
+            out = []
+            for i, s in enumerate(subs):
+                stored = dataclasses.replace(s, id=first + i)
+                self._put_sub(txn, stored, None)
+                out.append(stored)
+            return out
+
+        return self._write(write)
+
+    def replace(self, pairs: Sequence[tuple[Subscription, Subscription]]) -> None:
+        """Replace each old subscription by its new version (same id)."""
+
+        def write(txn: _Txn) -> None:
+            for old, new in pairs:
+                self._put_sub(txn, new, old)
+
+        self._write(write)
+
+    def delete(self, subs: Sequence[Subscription]) -> None:
+        def write(txn: _Txn) -> None:
+            for s in subs:
+                key = _U64.pack(s.id)
+                for db in (self._subs, self._idx, self._idx_attrs, self._sub_actions):
+                    txn.delete(key, db=db)
+                self._log_change(txn, s.id)
+                txn.delete(_name_key(s.owner, s.id), db=self._by_owner)
+                if s.theme:
+                    txn.delete(_name_key(s.theme, s.id), db=self._by_theme)
+
+        self._write(write)
+
+    def _log_change(self, txn: _Txn, sub_id: int) -> None:
+        gen = self._next(txn, _NEXT_GEN, 1)
+        txn.put(_U64.pack(gen), _U64.pack(sub_id), append=True, db=self._changes)
+
+    def _generation(self, txn: _Txn) -> int:
+        raw = txn.get(_NEXT_GEN, db=self._meta)
+        return 0 if raw is None else _U64.unpack(raw)[0] - 1
+
+    def changes_after(self, generation: int) -> tuple[int, dict[int, Subscription | None]]:
+        """The current generation, and each subscription written after ``generation`` as it is
+        now (None: deleted)."""
+
+        def read(txn: _Txn) -> tuple[int, dict[int, Subscription | None]]:
+            current = self._generation(txn)
+            out: dict[int, Subscription | None] = {}
+            if current == generation:
+                return current, out
+            cur = txn.cursor(self._changes)
+            found = cur.set_range(_U64.pack(generation + 1))
+            while found:
+                sid = _U64.unpack(cur.value())[0]
+                raw = txn.get(cur.value(), db=self._subs)
+                out[sid] = None if raw is None else subscription_from_dict(json.loads(raw))
+                found = cur.next()
+            return current, out
+
+        return self._read(read)
+
+    def _put_sub(self, txn: _Txn, s: Subscription, old: Subscription | None) -> None:
+        key = _U64.pack(s.id)
+        self._log_change(txn, s.id)
+        txn.put(key, _dumps(subscription_to_dict(s)), db=self._subs)
+        raw_coll = txn.get(s.collection.encode(), db=self._collections)
+        if raw_coll is None:
+            raise ValueError(f"no collection {s.collection}")
+        txn.put(key, index_row(s, json.loads(raw_coll)["no"]), db=self._idx)
+        attrs = attr_row(s)
+        if attrs is None:
+            txn.delete(key, db=self._idx_attrs)
+        else:
+            txn.put(key, attrs, db=self._idx_attrs)
+        actions = [[a.kind, dict(a.params)] for a in s.actions]
+        blob = bytes([len(actions)]) + s.owner.encode() + b"\0" + _dumps(actions)
+        txn.put(key, blob, db=self._sub_actions)
+        if old is not None and old.owner != s.owner:
+            txn.delete(_name_key(old.owner, s.id), db=self._by_owner)
+        if old is not None and old.theme and old.theme != s.theme:
+            txn.delete(_name_key(old.theme, s.id), db=self._by_theme)
+        txn.put(_name_key(s.owner, s.id), b"", db=self._by_owner)
+        if s.theme:
+            txn.put(_name_key(s.theme, s.id), b"", db=self._by_theme)
+
+    def get(self, sub_id: int) -> Subscription | None:
+        raw = self._read(lambda txn: txn.get(_U64.pack(sub_id), db=self._subs))
+        return None if raw is None else subscription_from_dict(json.loads(raw))
+
+    def index_data(self) -> tuple[npt.NDArray[Any], dict[int, AttrRow], dict[int, str], int]:
+        """What matching.MatchEngine.from_rows needs, read in one transaction: every
+        subscription's ROW record, the attribute qualifiers of those that have any, and the
+        collection keys by number; then the generation they are of."""
+
+        def read(
+            txn: _Txn,
+        ) -> tuple[npt.NDArray[Any], dict[int, AttrRow], dict[int, str], int]:
+            raw = b"".join(txn.cursor(self._idx).iternext(keys=False))
+            rows = np.frombuffer(raw, ROW)
+            attrs = {
+                _U64.unpack(k)[0]: json.loads(v) for k, v in txn.cursor(self._idx_attrs).iternext()
+            }
+            colls = {}
+            for k, v in txn.cursor(self._collections).iternext():
+                colls[json.loads(v)["no"]] = k.decode()
+            return rows, attrs, colls, self._generation(txn)
+
+        return self._read(read)
+
+    def page(
+        self, *, owner: str | None, theme: str | None, after_id: int, limit: int
+    ) -> list[Subscription]:
+        """Up to limit subscriptions with ids above after_id, by owner, by theme, or all."""
+
+        def read(txn: _Txn) -> list[Subscription]:
+            out: list[Subscription] = []
+            if owner is None and theme is None:
+                cur = txn.cursor(self._subs)
+                found = cur.set_range(_U64.pack(after_id + 1))
+                while found and len(out) < limit:
+                    out.append(subscription_from_dict(json.loads(cur.value())))
+                    found = cur.next()
+                return out
+            name, db = (theme, self._by_theme) if theme is not None else (owner, self._by_owner)
+            assert name is not None
+            prefix = name.encode() + b"\0"
+            cur = txn.cursor(db)
+            found = cur.set_range(prefix + _U64.pack(after_id + 1))
+            while found and len(out) < limit:
+                key = cur.key()
+                if not key.startswith(prefix) or len(key) != len(prefix) + 8:
+                    break
+                raw = txn.get(key[len(prefix) :], db=self._subs)
+                if raw is not None:
+                    s = subscription_from_dict(json.loads(raw))
+                    if owner is None or s.owner == owner:
+                        out.append(s)
+                found = cur.next()
+            return out
+
+        return self._read(read)
+
+    # -- events and actions ---------------------------------------------------------------------
+
+    def catalog_seq(self) -> int:
+        """The last catalog event recorded (0 when none)."""
+        raw = self._read(lambda txn: txn.get(_CATALOG_SEQ, db=self._meta))
+        return 0 if raw is None else _U64.unpack(raw)[0]
+
+    def record(
+        self,
+        matches: Sequence[tuple[GranuleEvent, Sequence[int]]],
+        catalog_seqs: Sequence[int] | None = None,
+    ) -> list[StoredEvent]:
+        """Store the events and the actions of their matching subscriptions (by id) in one
+        transaction. The actions are those of each subscription as stored at commit; one deleted
+        since matching is skipped.
+
+        With catalog_seqs (ascending, one per event), events at or below the catalog sequence
+        already recorded are skipped, the last one becomes the new mark, and only events that
+        matched are stored.
+        """
+        return self._write(self._record_txn, matches, catalog_seqs)
+
+    def _record_txn(
+        self,
+        txn: _Txn,
+        matches: Sequence[tuple[GranuleEvent, Sequence[int]]],
+        catalog_seqs: Sequence[int] | None,
+    ) -> list[StoredEvent]:
+        if catalog_seqs is not None:
+            raw = txn.get(_CATALOG_SEQ, db=self._meta)
+            done = 0 if raw is None else _U64.unpack(raw)[0]
+            keep = [i for i, seq in enumerate(catalog_seqs) if seq > done]
+            matches = [matches[i] for i in keep]
+            if catalog_seqs and catalog_seqs[-1] > done:
+                txn.put(_CATALOG_SEQ, _U64.pack(catalog_seqs[-1]), db=self._meta)
+            # The catalog keeps its own events: only those that matched are worth a copy.
+            matches = [m for m in matches if m[1]]
+        if not matches:
+            return []
+        first = self._next(txn, _NEXT_EVENT, len(matches))
+        out = []
+        blobs: dict[int, tuple[bytes, bytes] | None] = {}  # id → (owner prefix, action list)
+        for i, (event, sub_ids) in enumerate(matches):
+            eid = first + i
+            # Ids only grow, so events append at the end of the tree.
+            if not txn.put(
+                _U64.pack(eid), _dumps(event_to_dict(event)), append=True, db=self._events
+            ):
+                raise lmdb.CorruptedError(f"event id {eid} is already taken")
+            for sid in sub_ids:
+                if sid not in blobs:
+                    blob = txn.get(_U64.pack(sid), db=self._sub_actions)
+                    # None: deleted since it matched
+                    blobs[sid] = None if blob is None else (blob[1 : blob.index(b"\0") + 1], blob)
+                found = blobs[sid]
+                if found is None:
+                    continue
+                owner_prefix, blob = found
+                for k in range(blob[0]):
+                    key = _ACTION_KEY.pack(eid, sid, k)
+                    txn.put(key, blob, db=self._actions)
+                    txn.put(owner_prefix + key, b"", db=self._actions_by_owner)
+            out.append(StoredEvent(eid, event))
+        return out
+
+    def actions_after(self, after: bytes, limit: int, owner: str | None) -> list[MatchedAction]:
+        """Up to limit actions with keys above ``after`` (an action key, b"" from the start),
+        of one owner or of all."""
+
+        def read(txn: _Txn) -> list[MatchedAction]:
+            out: list[MatchedAction] = []
+            if owner is None:
+                cur = txn.cursor(self._actions)
+                prefix = b""
+            else:
+                cur = txn.cursor(self._actions_by_owner)
+                prefix = owner.encode() + b"\0"
+            seek = prefix + after + b"\0" if after else prefix
+            found = cur.set_range(seek)
+            events: dict[int, GranuleEvent] = {}
+            while found and len(out) < limit:
+                key = cur.key()
+                if not key.startswith(prefix):
+                    break
+                akey = key[len(prefix) :]
+                raw = txn.get(akey, db=self._actions) if owner is not None else cur.value()
+                found = cur.next()
+                if raw is None:
+                    continue
+                eid, sid, k = _ACTION_KEY.unpack(akey)
+                if eid not in events:
+                    ev_raw = txn.get(_U64.pack(eid), db=self._events)
+                    assert ev_raw is not None, "an action's event is written with it"
+                    events[eid] = event_from_dict(json.loads(ev_raw))
+                sep = raw.index(b"\0")
+                kind, params = json.loads(raw[sep + 1 :])[k]
+                action = Action(kind, tuple(sorted(params.items())))
+                who = raw[1:sep].decode()
+                out.append(MatchedAction(eid, sid, k, who, action, events[eid]))
+            return out
+
+        return self._read(read)
+
+    def counts(self) -> dict[str, int]:
+        def read(txn: _Txn) -> dict[str, int]:
+            return {
+                "subscriptions": txn.stat(self._subs)["entries"],
+                "events": txn.stat(self._events)["entries"],
+                "actions": txn.stat(self._actions)["entries"],
+            }
+
+        return self._read(read)
+
+    # -- tokens ---------------------------------------------------------------------------------
+
+    def add_token(self, t: TokenRecord) -> None:
+        value = _dumps(
+            {"salt": t.salt.hex(), "digest": t.digest.hex(), "owner": t.owner,
+             "operator": t.operator, "created": t.created_us}
+        )  # fmt: skip
+
+        def write(txn: _Txn) -> None:
+            if not txn.put(t.token_id.encode(), value, overwrite=False, db=self._tokens):
+                raise ValueError(f"token id {t.token_id} is taken")
+
+        self._write(write)
+
+    def token(self, token_id: str) -> TokenRecord | None:
+        raw = self._read(lambda txn: txn.get(token_id.encode(), db=self._tokens))
+        return None if raw is None else _token(token_id.encode(), raw)
+
+    def remove_token(self, token_id: str) -> bool:
+        return self._write(lambda txn: bool(txn.delete(token_id.encode(), db=self._tokens)))
+
+    def tokens(self) -> list[TokenRecord]:
+        return self._read(
+            lambda txn: [_token(k, v) for k, v in txn.cursor(self._tokens).iternext()]
+        )
+
+
+def _token(key: bytes, raw: bytes) -> TokenRecord:
+    d = json.loads(raw)
+    return TokenRecord(
+        key.decode(), bytes.fromhex(d["salt"]), bytes.fromhex(d["digest"]), d["owner"],
+        d["operator"], d["created"],
+    )  # fmt: skip
+
+
+def action_key(action_id: str) -> bytes:
+    """The store key of an action id (model.action_id); ValueError when malformed."""
+    parts = action_id.split("-")
+    if len(parts) != 3:
+        raise ValueError(f"not an action id: {action_id!r}")
+    return _ACTION_KEY.pack(*(int(p, 16) for p in parts))
