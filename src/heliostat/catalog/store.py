@@ -18,18 +18,18 @@ holds an event exactly for each committed change. Consumers keep durable cursors
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Concatenate, Literal, ParamSpec, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Literal, TypeAlias
 
 import lmdb
 
 from heliostat.catalog import codec, keys
 from heliostat.catalog.codec import CatalogEvent, EventKind
 from heliostat.catalog.records import ImageRecord
+from heliostat.lmdbenv import LmdbEnv
 
 SCHEMA_VERSION = 1
 MIN_BIN_US = 1_000_000
@@ -48,8 +48,6 @@ _META_NEXT_SEQ = b"next_event_seq"
 Direction = Literal["nearest", "before", "after"]
 PutKind = Literal["inserted", "unchanged", "updated"]
 
-_P = ParamSpec("_P")
-_T = TypeVar("_T")
 if TYPE_CHECKING:  # the lmdb classes are generic only in their stubs
     _Txn: TypeAlias = lmdb.Transaction[bytes]
     _Cur: TypeAlias = lmdb.Cursor[bytes]
@@ -119,30 +117,22 @@ class Catalog:
         max_readers: int = 256,
         readonly: bool = False,
     ) -> None:
-        self._write_lock = threading.Lock()
-        self._gate = threading.Condition(threading.Lock())  # guards the two fields below
-        self._reading = 0  # read transactions in progress
-        self._remapping = False  # while True, reads wait at the gate
-        self._env = lmdb.open(
-            str(path),
+        self._db = LmdbEnv(
+            path,
             map_size=map_size,
-            readonly=readonly,
             max_dbs=len(_DB_NAMES),
             max_readers=max_readers,
-            writemap=False,
-            metasync=True,
-            sync=True,
-            lock=True,
+            readonly=readonly,
+            what="catalog",
         )
-        self._readonly = readonly
-        self._page_size = self._env.stat()["psize"]
+        self._env = self._db.env
         try:
             if readonly:
                 dbs = [self._env.open_db(name, create=False) for name in _DB_NAMES]
                 with self._env.begin() as txn:
                     self._check_schema(txn, path, dbs[_META])
             else:
-                dbs = self._write(self._init_dbs, path)
+                dbs = self._db.write(self._init_dbs, path)
         except BaseException:
             self._env.close()
             raise
@@ -156,8 +146,7 @@ class Catalog:
 
     def close(self) -> None:
         """Close the environment, after any read or write in progress in other threads."""
-        with self._write_lock:
-            self._exclusive(self._env.close)
+        self._db.close()
 
     def __enter__(self) -> Catalog:
         return self
@@ -173,7 +162,7 @@ class Catalog:
     @property
     def map_size(self) -> int:
         """Current size of the memory map in bytes (it grows as the catalog does)."""
-        return self._env.info()["map_size"]
+        return self._db.map_size
 
     def _init_dbs(self, txn: _Txn, path: Path) -> list[lmdb._Database]:
         dbs = [self._env.open_db(name, txn=txn) for name in _DB_NAMES]
@@ -195,89 +184,6 @@ class Catalog:
 
     # -- transactions -----------------------------------------------------------------------------
 
-    def _exclusive(self, fn: Callable[[], None]) -> None:
-        """Run fn with no read transaction open in this process; caller holds the write lock."""
-        with self._gate:
-            self._remapping = True
-            while self._reading:
-                self._gate.wait()
-        try:
-            fn()
-        finally:
-            with self._gate:
-                self._remapping = False
-                self._gate.notify_all()
-
-    def _remap(self, size: int) -> None:
-        """Resize the map (0 = adopt another process's size); caller holds the write lock."""
-        self._exclusive(lambda: self._env.set_mapsize(size))
-
-    def _grow(self) -> None:
-        """Double the map; caller holds the write lock."""
-        self._remap(self._env.info()["map_size"] * 2)
-
-    def _write(
-        self, fn: Callable[Concatenate[_Txn, _P], _T], *args: _P.args, **kwargs: _P.kwargs
-    ) -> _T:
-        """Run fn in a write transaction and commit, growing the map and retrying when full."""
-        if self._readonly:
-            raise lmdb.ReadonlyError("the catalog was opened read-only")
-        with self._write_lock:
-            while True:
-                info = self._env.info()
-                if (info["last_pgno"] + 1) * self._page_size * 2 > info["map_size"]:
-                    self._grow()  # before the map is full: a full map costs an aborted transaction
-                try:
-                    txn = self._env.begin(write=True)
-                except lmdb.MapResizedError:
-                    self._remap(0)  # another process grew the map past ours
-                    continue
-                try:
-                    result = fn(txn, *args, **kwargs)
-                except BaseException as e:
-                    # py-lmdb's abort of a write transaction waits for a moment when no other
-                    # thread is inside an LMDB call, which busy readers may never leave: abort
-                    # with the readers held at the gate.
-                    self._exclusive(txn.abort)
-                    if not isinstance(e, lmdb.MapFullError):
-                        raise
-                    self._grow()
-                    continue
-                try:
-                    txn.commit()
-                except lmdb.MapFullError:
-                    self._grow()  # a failed commit has already ended the transaction
-                    continue
-                return result
-
-    def _read(
-        self, fn: Callable[Concatenate[_Txn, _P], _T], *args: _P.args, **kwargs: _P.kwargs
-    ) -> _T:
-        """Run fn in a fresh read transaction of the calling thread."""
-        while True:
-            self._enter_read()
-            try:
-                with self._env.begin() as txn:
-                    return fn(txn, *args, **kwargs)
-            except lmdb.MapResizedError:
-                pass  # another process grew the map past ours: adopt its size, once out
-            finally:
-                self._leave_read()
-            with self._write_lock:
-                self._remap(0)
-
-    def _enter_read(self) -> None:
-        with self._gate:
-            while self._remapping:
-                self._gate.wait()
-            self._reading += 1
-
-    def _leave_read(self) -> None:
-        with self._gate:
-            self._reading -= 1
-            if self._remapping and not self._reading:
-                self._gate.notify_all()
-
     # -- writes -----------------------------------------------------------------------------------
 
     def put_images(self, records: Sequence[ImageRecord]) -> list[PutOutcome]:
@@ -291,7 +197,7 @@ class Catalog:
         encoded = [codec.validate(r, self._max_path) for r in records]
         if not encoded:
             return []
-        return self._write(self._put_txn, encoded)
+        return self._db.write(self._put_txn, encoded)
 
     def _put_txn(self, txn: _Txn, encoded: list[tuple[bytes, bytes]]) -> list[PutOutcome]:
         images, times, paths = self._images, self._times, self._paths
@@ -369,7 +275,7 @@ class Catalog:
         path_keys = [k for k in map(self._path_key, paths) if k is not None]
         if not path_keys:
             return []
-        return self._write(self._delete_txn, path_keys)
+        return self._db.write(self._delete_txn, path_keys)
 
     def _delete_txn(self, txn: _Txn, path_keys: list[bytes]) -> list[ImageRecord]:
         stats: dict[int, int] = {}
@@ -413,7 +319,7 @@ class Catalog:
 
     def last_event_seq(self) -> int:
         """Sequence number of the latest event logged (0 before the first), trimmed or not."""
-        return self._read(self._next_seq) - 1
+        return self._db.read(self._next_seq) - 1
 
     def events_after(self, seq: int, limit: int) -> list[CatalogEvent]:
         """Up to ``limit`` events with sequence numbers above ``seq``, oldest first."""
@@ -423,7 +329,7 @@ class Catalog:
             raise ValueError(f"seq must be ≥ 0, got {seq}")
         if seq >= (1 << 64) - 1:
             return []  # no sequence number lies above
-        return self._read(self._events_after_txn, seq, limit)
+        return self._db.read(self._events_after_txn, seq, limit)
 
     def _events_after_txn(self, txn: _Txn, seq: int, limit: int) -> list[CatalogEvent]:
         cur = txn.cursor(self._events)
@@ -447,7 +353,7 @@ class Catalog:
         The cursor only moves forward (an older acknowledgement is ignored); acknowledging an
         event not yet logged is a ValueError. A consumer is registered by its first ack.
         """
-        self._write(self._ack_txn, self._consumer_key(consumer), upto_seq)
+        self._db.write(self._ack_txn, self._consumer_key(consumer), upto_seq)
 
     def _ack_txn(self, txn: _Txn, key: bytes, upto: int) -> None:
         last = self._next_seq(txn) - 1
@@ -460,7 +366,7 @@ class Catalog:
     def acked(self, consumer: str) -> int:
         """The last event ``consumer`` acknowledged; 0 when it never did."""
         key = self._consumer_key(consumer)
-        raw = self._read(lambda txn: txn.get(key, db=self._cursors))
+        raw = self._db.read(lambda txn: txn.get(key, db=self._cursors))
         return 0 if raw is None else keys.SEQ.unpack(raw)[0]
 
     def trim_events(self, before_seq: int) -> int:
@@ -468,7 +374,7 @@ class Catalog:
 
         Returns how many were deleted; events a consumer still needs are kept.
         """
-        return self._write(self._trim_txn, before_seq)
+        return self._db.write(self._trim_txn, before_seq)
 
     def _trim_txn(self, txn: _Txn, before: int) -> int:
         for _, raw in txn.cursor(self._cursors):
@@ -502,7 +408,7 @@ class Catalog:
     def get(self, image_id: int) -> ImageRecord | None:
         if not 0 < image_id < 1 << 64:
             return None
-        return self._read(self._get_txn, keys.ID.pack(image_id))
+        return self._db.read(self._get_txn, keys.ID.pack(image_id))
 
     def _get_txn(self, txn: _Txn, id_b: bytes) -> ImageRecord | None:
         value = txn.get(id_b, db=self._images)
@@ -510,7 +416,7 @@ class Catalog:
 
     def get_by_path(self, path: str) -> ImageRecord | None:
         key = self._path_key(path)
-        return None if key is None else self._read(self._get_by_path_txn, key)
+        return None if key is None else self._db.read(self._get_by_path_txn, key)
 
     def _get_by_path_txn(self, txn: _Txn, key: bytes) -> ImageRecord | None:
         id_b = txn.get(key, db=self._paths)
@@ -524,7 +430,7 @@ class Catalog:
         """
         if direction not in ("nearest", "before", "after"):
             raise ValueError(f"direction must be 'nearest', 'before' or 'after', not {direction!r}")
-        return self._read(self._closest_txn, keys.time_seek(source_id, time_us), direction)
+        return self._db.read(self._closest_txn, keys.time_seek(source_id, time_us), direction)
 
     def _closest_txn(self, txn: _Txn, seek: bytes, direction: Direction) -> ImageRecord | None:
         cur = txn.cursor(self._times)
@@ -542,7 +448,7 @@ class Catalog:
 
     def first_last(self, source_id: int) -> tuple[ImageRecord, ImageRecord] | None:
         """The earliest and latest image of a source, None when it has none."""
-        return self._read(self._first_last_txn, keys.source_prefix(source_id))
+        return self._db.read(self._first_last_txn, keys.source_prefix(source_id))
 
     def _first_last_txn(self, txn: _Txn, lo: bytes) -> tuple[ImageRecord, ImageRecord] | None:
         cur = txn.cursor(self._times)
@@ -586,7 +492,7 @@ class Catalog:
                 raise ValueError(f"bad range cursor {after!r}")
             # The smallest key strictly after the cursor's: the same key with a byte appended.
             lo = max(lo, keys.time_seek(source_id, at) + keys.ID.pack(after_id) + b"\x00")
-        return self._read(self._range_txn, lo, hi, limit)
+        return self._db.read(self._range_txn, lo, hi, limit)
 
     def _range_txn(
         self, txn: _Txn, lo: bytes, hi: bytes, limit: int
@@ -624,7 +530,7 @@ class Catalog:
         else:
             targets = [start_us + span * i // (n - 1) for i in range(n)]
         seeks = [keys.time_seek(source_id, t) for t in targets]
-        return self._read(self._evenly_spaced_txn, seeks, lo, hi)
+        return self._db.read(self._evenly_spaced_txn, seeks, lo, hi)
 
     def _evenly_spaced_txn(
         self, txn: _Txn, seeks: list[bytes], lo: bytes, hi: bytes
@@ -644,7 +550,7 @@ class Catalog:
         """Number of images with start ≤ time ≤ end (scans the time index)."""
         lo = keys.time_seek(source_id, start_us)
         hi = keys.time_seek(source_id, end_us) + keys.AFTER_TIME
-        return self._read(self._count_txn, lo, hi)
+        return self._db.read(self._count_txn, lo, hi)
 
     def _count_txn(self, txn: _Txn, lo: bytes, hi: bytes) -> int:
         cur = txn.cursor(self._times)
@@ -675,7 +581,7 @@ class Catalog:
         for sid in sids:  # validate every key before reading
             keys.time_seek(sid, start_us)
             keys.time_seek(sid, end_us)
-        return self._read(self._coverage_txn, sids, start_us, end_us, bin_us, nbins)
+        return self._db.read(self._coverage_txn, sids, start_us, end_us, bin_us, nbins)
 
     def _coverage_txn(
         self, txn: _Txn, sids: list[int], start_us: int, end_us: int, bin_us: int, nbins: int
@@ -711,7 +617,7 @@ class Catalog:
 
     def source_counts(self) -> dict[int, int]:
         """Image count of every source that has images."""
-        return self._read(self._source_counts_txn)
+        return self._db.read(self._source_counts_txn)
 
     def _source_counts_txn(self, txn: _Txn) -> dict[int, int]:
         return {
@@ -719,14 +625,14 @@ class Catalog:
         }
 
     def total(self) -> int:
-        return self._read(self._total_txn)
+        return self._db.read(self._total_txn)
 
     def _total_txn(self, txn: _Txn) -> int:
         return txn.stat(self._images)["entries"]
 
     def files(self) -> dict[str, tuple[int, int]]:
         """(file size, file mtime ns) of every image by path: what a rescan compares the disk to."""
-        return self._read(self._files_txn)
+        return self._db.read(self._files_txn)
 
     def _files_txn(self, txn: _Txn) -> dict[str, tuple[int, int]]:
         out: dict[str, tuple[int, int]] = {}

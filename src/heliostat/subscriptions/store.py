@@ -25,17 +25,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import struct
-import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import lmdb
 import numpy as np
 import numpy.typing as npt
 
+from heliostat.lmdbenv import LmdbEnv
 from heliostat.subscriptions.matching import ROW, AttrRow, attr_row, index_row
 from heliostat.subscriptions.model import (
     Action,
@@ -61,8 +61,6 @@ _NEXT_GEN = b"next_generation"
 _U64 = struct.Struct(">Q")
 _ACTION_KEY = struct.Struct(">QQH")
 
-_P = ParamSpec("_P")
-_T = TypeVar("_T")
 if TYPE_CHECKING:
     _Txn: TypeAlias = lmdb.Transaction[bytes]
 
@@ -88,19 +86,18 @@ class TokenRecord:
 class SubscriptionStore:
     def __init__(self, path: Path, *, map_size: int = 1 << 30, max_readers: int = 256) -> None:
         path.mkdir(parents=True, exist_ok=True)
-        self._write_lock = threading.Lock()
-        self._gate = threading.Condition(threading.Lock())
-        self._reading = 0
-        self._remapping = False
-        self._env = lmdb.open(
-            str(path), map_size=map_size, max_dbs=len(_DB_NAMES), max_readers=max_readers,
-            sync=True, metasync=True, writemap=False,
-        )  # fmt: skip
-        self._page_size = self._env.stat()["psize"]
+        self._db = LmdbEnv(
+            path,
+            map_size=map_size,
+            max_dbs=len(_DB_NAMES),
+            max_readers=max_readers,
+            what="subscription store",
+        )
+        self._env = self._db.env
         try:
-            dbs = self._write(lambda txn: [self._env.open_db(n, txn=txn) for n in _DB_NAMES])
+            dbs = self._db.write(lambda txn: [self._env.open_db(n, txn=txn) for n in _DB_NAMES])
         except BaseException:
-            self._env.close()
+            self._db.close()
             raise
         (
             self._meta, self._subs, self._by_owner, self._by_theme, self._collections,
@@ -109,8 +106,7 @@ class SubscriptionStore:
         ) = dbs  # fmt: skip
 
     def close(self) -> None:
-        with self._write_lock:
-            self._exclusive(self._env.close)
+        self._db.close()
 
     def __enter__(self) -> SubscriptionStore:
         return self
@@ -121,77 +117,6 @@ class SubscriptionStore:
         self.close()
 
     # -- transactions (the catalog's scheme) --------------------------------------------------
-
-    def _exclusive(self, fn: Callable[[], None]) -> None:
-        with self._gate:
-            self._remapping = True
-            while self._reading:
-                self._gate.wait()
-        try:
-            fn()
-        finally:
-            with self._gate:
-                self._remapping = False
-                self._gate.notify_all()
-
-    def _grow(self) -> None:
-        size = self._env.info()["map_size"] * 2
-        self._exclusive(lambda: self._env.set_mapsize(size))
-
-    def _write(
-        self, fn: Callable[Concatenate[_Txn, _P], _T], *args: _P.args, **kwargs: _P.kwargs
-    ) -> _T:
-        with self._write_lock:
-            while True:
-                info = self._env.info()
-                if (info["last_pgno"] + 1) * self._page_size * 2 > info["map_size"]:
-                    self._grow()
-                try:
-                    txn = self._env.begin(write=True)
-                except lmdb.MapResizedError:
-                    self._exclusive(lambda: self._env.set_mapsize(0))  # another process grew it
-                    continue
-                try:
-                    result = fn(txn, *args, **kwargs)
-                except BaseException as e:
-                    self._exclusive(txn.abort)
-                    if not isinstance(e, lmdb.MapFullError):
-                        raise
-                    self._grow()
-                    continue
-                try:
-                    txn.commit()
-                except lmdb.MapFullError:
-                    self._grow()
-                    continue
-                return result
-
-    def _read(
-        self, fn: Callable[Concatenate[_Txn, _P], _T], *args: _P.args, **kwargs: _P.kwargs
-    ) -> _T:
-        while True:
-            self._enter_read()
-            try:
-                with self._env.begin() as txn:
-                    return fn(txn, *args, **kwargs)
-            except lmdb.MapResizedError:
-                pass  # another process grew the map past ours: adopt its size, once out
-            finally:
-                self._leave_read()
-            with self._write_lock:
-                self._exclusive(lambda: self._env.set_mapsize(0))
-
-    def _enter_read(self) -> None:
-        with self._gate:
-            while self._remapping:
-                self._gate.wait()
-            self._reading += 1
-
-    def _leave_read(self) -> None:
-        with self._gate:
-            self._reading -= 1
-            if self._remapping and not self._reading:
-                self._gate.notify_all()
 
     def _next(self, txn: _Txn, key: bytes, n: int) -> int:
         """Reserve n ids from the counter at key; returns the first."""
@@ -211,7 +136,7 @@ class SubscriptionStore:
                 out.append(Collection(**d))
             return out
 
-        return self._read(read)
+        return self._db.read(read)
 
     def add_collections(self, cs: Sequence[Collection]) -> list[Collection]:
         """Add the collections not yet known; returns those added."""
@@ -229,7 +154,7 @@ class SubscriptionStore:
                     added.append(c)
             return added
 
-        return self._write(write)
+        return self._db.write(write)
 
     # -- subscriptions --------------------------------------------------------------------------
 
@@ -245,7 +170,7 @@ class SubscriptionStore:
                 out.append(stored)
             return out
 
-        return self._write(write)
+        return self._db.write(write)
 
     def replace(self, pairs: Sequence[tuple[Subscription, Subscription]]) -> None:
         """Replace each old subscription by its new version (same id)."""
@@ -254,7 +179,7 @@ class SubscriptionStore:
             for old, new in pairs:
                 self._put_sub(txn, new, old)
 
-        self._write(write)
+        self._db.write(write)
 
     def delete(self, subs: Sequence[Subscription]) -> None:
         def write(txn: _Txn) -> None:
@@ -267,7 +192,7 @@ class SubscriptionStore:
                 if s.theme:
                     txn.delete(_name_key(s.theme, s.id), db=self._by_theme)
 
-        self._write(write)
+        self._db.write(write)
 
     def _log_change(self, txn: _Txn, sub_id: int) -> None:
         gen = self._next(txn, _NEXT_GEN, 1)
@@ -295,7 +220,7 @@ class SubscriptionStore:
                 found = cur.next()
             return current, out
 
-        return self._read(read)
+        return self._db.read(read)
 
     def _put_sub(self, txn: _Txn, s: Subscription, old: Subscription | None) -> None:
         key = _U64.pack(s.id)
@@ -322,7 +247,7 @@ class SubscriptionStore:
             txn.put(_name_key(s.theme, s.id), b"", db=self._by_theme)
 
     def get(self, sub_id: int) -> Subscription | None:
-        raw = self._read(lambda txn: txn.get(_U64.pack(sub_id), db=self._subs))
+        raw = self._db.read(lambda txn: txn.get(_U64.pack(sub_id), db=self._subs))
         return None if raw is None else subscription_from_dict(json.loads(raw))
 
     def index_data(self) -> tuple[npt.NDArray[Any], dict[int, AttrRow], dict[int, str], int]:
@@ -343,7 +268,7 @@ class SubscriptionStore:
                 colls[json.loads(v)["no"]] = k.decode()
             return rows, attrs, colls, self._generation(txn)
 
-        return self._read(read)
+        return self._db.read(read)
 
     def page(
         self, *, owner: str | None, theme: str | None, after_id: int, limit: int
@@ -376,13 +301,13 @@ class SubscriptionStore:
                 found = cur.next()
             return out
 
-        return self._read(read)
+        return self._db.read(read)
 
     # -- events and actions ---------------------------------------------------------------------
 
     def catalog_seq(self) -> int:
         """The last catalog event recorded (0 when none)."""
-        raw = self._read(lambda txn: txn.get(_CATALOG_SEQ, db=self._meta))
+        raw = self._db.read(lambda txn: txn.get(_CATALOG_SEQ, db=self._meta))
         return 0 if raw is None else _U64.unpack(raw)[0]
 
     def record(
@@ -398,7 +323,7 @@ class SubscriptionStore:
         already recorded are skipped, the last one becomes the new mark, and only events that
         matched are stored.
         """
-        return self._write(self._record_txn, matches, catalog_seqs)
+        return self._db.write(self._record_txn, matches, catalog_seqs)
 
     def _record_txn(
         self,
@@ -479,7 +404,7 @@ class SubscriptionStore:
                 out.append(MatchedAction(eid, sid, k, who, action, events[eid]))
             return out
 
-        return self._read(read)
+        return self._db.read(read)
 
     def counts(self) -> dict[str, int]:
         def read(txn: _Txn) -> dict[str, int]:
@@ -489,7 +414,7 @@ class SubscriptionStore:
                 "actions": txn.stat(self._actions)["entries"],
             }
 
-        return self._read(read)
+        return self._db.read(read)
 
     # -- tokens ---------------------------------------------------------------------------------
 
@@ -503,17 +428,17 @@ class SubscriptionStore:
             if not txn.put(t.token_id.encode(), value, overwrite=False, db=self._tokens):
                 raise ValueError(f"token id {t.token_id} is taken")
 
-        self._write(write)
+        self._db.write(write)
 
     def token(self, token_id: str) -> TokenRecord | None:
-        raw = self._read(lambda txn: txn.get(token_id.encode(), db=self._tokens))
+        raw = self._db.read(lambda txn: txn.get(token_id.encode(), db=self._tokens))
         return None if raw is None else _token(token_id.encode(), raw)
 
     def remove_token(self, token_id: str) -> bool:
-        return self._write(lambda txn: bool(txn.delete(token_id.encode(), db=self._tokens)))
+        return self._db.write(lambda txn: bool(txn.delete(token_id.encode(), db=self._tokens)))
 
     def tokens(self) -> list[TokenRecord]:
-        return self._read(
+        return self._db.read(
             lambda txn: [_token(k, v) for k, v in txn.cursor(self._tokens).iternext()]
         )
 
