@@ -10,29 +10,9 @@ import pytest
 from heliostat.archive import sources
 from heliostat.imaging import colortables, kernels
 
-TABLES = (
-    "sdoaia94",
-    "sdoaia131",
-    "sdoaia171",
-    "sdoaia193",
-    "sdoaia211",
-    "sdoaia304",
-    "sdoaia335",
-    "sdoaia1600",
-    "sdoaia1700",
-    "sdoaia4500",
-    "sohoeit171",
-    "sohoeit195",
-    "sohoeit284",
-    "sohoeit304",
-    "soholasco2",
-    "soholasco3",
-    "euvi171",
-    "euvi195",
-    "euvi284",
-    "euvi304",
-    "stereocor1",
-    "stereocor2",
+# Every table a data source uses: the packaged set is exactly these.
+TABLES: tuple[str, ...] = tuple(
+    sorted({s.color_table for s in sources.SOURCES if s.color_table is not None})
 )
 
 

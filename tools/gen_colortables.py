@@ -17,30 +17,12 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 
+from heliostat.archive import sources
+
 # The colour table of every data source (heliostat.archive.sources), by SunPy colormap name.
-NAMES: tuple[str, ...] = (
-    "sdoaia94",
-    "sdoaia131",
-    "sdoaia171",
-    "sdoaia193",
-    "sdoaia211",
-    "sdoaia304",
-    "sdoaia335",
-    "sdoaia1600",
-    "sdoaia1700",
-    "sdoaia4500",
-    "sohoeit171",
-    "sohoeit195",
-    "sohoeit284",
-    "sohoeit304",
-    "soholasco2",
-    "soholasco3",
-    "euvi171",
-    "euvi195",
-    "euvi284",
-    "euvi304",
-    "stereocor1",
-    "stereocor2",
+# Every table a data source uses: the packaged set is exactly these.
+NAMES: tuple[str, ...] = tuple(
+    sorted({s.color_table for s in sources.SOURCES if s.color_table is not None})
 )
 
 OUT_DIR = Path(__file__).resolve().parent.parent / "src" / "heliostat" / "imaging" / "colortables"
