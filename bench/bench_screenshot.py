@@ -19,10 +19,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
+from conftest import AIA_171, DATA, LASCO_C3, place_samples, start_server, stop_server  # noqa: E402
 from grpc_health.v1 import health_pb2  # noqa: E402
 
 from bench.harness import Report, percentiles  # noqa: E402
-from conftest import AIA_171, DATA, LASCO_C3, place_samples, start_server, stop_server  # noqa: E402
 from heliostat.client import HeliostatClient  # noqa: E402
 
 LAYERS = "[SOHO,LASCO,C3,white-light,1,100],[SDO,AIA,AIA,171,1,100],[PROBA2,SWAP,SWAP,174,1,50]"
