@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -94,3 +96,39 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     srv = start_server(root)
     yield srv
     stop_server(srv)
+
+
+def ingest_then_kill(root: Path, catalog: Path, *, batch_size: int, kill_after: int) -> int:
+    """Ingest root into a catalog in a child process, kill -9 it once it has reported at least
+    kill_after files indexed (or it finished), and return the last count it reported."""
+    script = textwrap.dedent(
+        f"""
+        from pathlib import Path
+        from heliostat.archive.ingest import ingest
+        from heliostat.catalog.store import Catalog
+        cat = Catalog(Path({str(catalog)!r}))
+        def report(r):
+            print("indexed", r.indexed, flush=True)
+        ingest(cat, Path({str(root)!r}), [Path({str(root)!r})], batch_size={batch_size},
+               on_batch=report)
+        print("done", flush=True)
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    reported = 0
+    for line in proc.stdout:
+        if line.startswith("indexed"):
+            reported = int(line.split()[1])
+            if reported >= kill_after:
+                break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return reported
+
+
+def many_links(root: Path, files: list[Path], n: int) -> None:
+    """n more distinct paths for the given archive files: hard links, cheap to make."""
+    for i in range(n):
+        src = files[i % len(files)]
+        src.with_name(f"copy{i:04d}_{src.name}").hardlink_to(src)

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import math
-import signal
-import subprocess
-import sys
-import textwrap
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -20,7 +16,7 @@ from heliostat.catalog.codec import Footprint, footprint
 from heliostat.catalog.records import ImageRecord
 from heliostat.catalog.store import Catalog
 
-from .conftest import AIA_171, LASCO_C3, place_samples
+from .conftest import AIA_171, LASCO_C3, ingest_then_kill, many_links, place_samples
 
 
 def _rec(path: str, **kw: Any) -> ImageRecord:
@@ -142,31 +138,8 @@ def test_consumer_cursors_and_trimming(tmp_path: Path) -> None:
 def test_every_indexed_file_has_its_event_after_kill_9(tmp_path: Path) -> None:
     root = tmp_path / "archive"
     base = place_samples(root, [*AIA_171, LASCO_C3])
-    for i in range(300):  # hard links: many distinct paths, cheap to make
-        src = base[i % len(base)]
-        src.with_name(f"copy{i:04d}_{src.name}").hardlink_to(src)
-    script = textwrap.dedent(
-        f"""
-        from pathlib import Path
-        from heliostat.archive.ingest import ingest
-        from heliostat.catalog.store import Catalog
-        cat = Catalog(Path({str(tmp_path / "cat")!r}))
-        def report(r):
-            print("indexed", r.indexed, flush=True)
-        ingest(cat, Path({str(root)!r}), [Path({str(root)!r})], batch_size=5, on_batch=report)
-        print("done", flush=True)
-        """
-    )
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    reported = 0
-    for line in proc.stdout:
-        if line.startswith("indexed"):
-            reported = int(line.split()[1])
-            if reported >= 40:
-                break
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    many_links(root, base, 300)
+    reported = ingest_then_kill(root, tmp_path / "cat", batch_size=5, kill_after=40)
     with Catalog(tmp_path / "cat") as cat:
         total = cat.total()
         assert total >= reported >= 40
