@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 from heliostat.archive.ingest import ingest
 from heliostat.catalog.store import Catalog
 
-from .conftest import SAMPLES, place_samples
+from .conftest import SAMPLES, ingest_then_kill, many_links, place_samples
 
 
 def test_ingest_archive_idempotent_and_updates(tmp_path: Path) -> None:
@@ -52,33 +48,20 @@ def test_rejections_change_nothing(tmp_path: Path) -> None:
 
 def test_reported_batches_survive_kill_9(tmp_path: Path) -> None:
     root = tmp_path / "archive"
-    base = place_samples(root)
-    for i in range(400):  # many distinct paths, cheap to make: hard links in the same folders
-        src = base[i % len(base)]
-        os.link(src, src.with_name(f"copy{i:04d}_{src.name}"))
-    script = textwrap.dedent(
-        f"""
-        import sys
-        from pathlib import Path
-        from heliostat.archive.ingest import ingest
-        from heliostat.catalog.store import Catalog
-        cat = Catalog(Path({str(tmp_path / "cat")!r}))
-        def report(r):
-            print("indexed", r.indexed, flush=True)
-        ingest(cat, Path({str(root)!r}), [Path({str(root)!r})], batch_size=10, on_batch=report)
-        print("done", flush=True)
-        """
-    )
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    reported = 0
-    for line in proc.stdout:
-        if line.startswith("indexed"):
-            reported = int(line.split()[1])
-            if reported >= 50:
-                break
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    many_links(root, place_samples(root), 400)
+    reported = ingest_then_kill(root, tmp_path / "cat", batch_size=10, kill_after=50)
     assert reported >= 50
     with Catalog(tmp_path / "cat") as cat:
         assert cat.total() >= reported
+
+
+def test_progress_reports_each_commit_once_and_the_final_count(tmp_path: Path) -> None:
+    root = tmp_path / "archive"
+    place_samples(root)
+    with Catalog(tmp_path / "cat") as cat:
+        seen: list[int] = []
+        ingest(cat, root, [root], batch_size=5, on_batch=lambda r: seen.append(r.seen))
+        assert seen == [5, 10, len(SAMPLES)]
+        seen.clear()
+        ingest(cat, root, [root], batch_size=5, on_batch=lambda r: seen.append(r.seen))
+        assert seen == [len(SAMPLES)]  # nothing committed: one final report

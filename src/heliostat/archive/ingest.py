@@ -138,9 +138,10 @@ def ingest(
     report = IngestReport()
     batch: list[ImageRecord] = []
     batch_s = 0.0  # header reads of the current batch
+    last_reported = -1  # report.seen at the last on_batch call
 
     def flush() -> None:
-        nonlocal batch_s
+        nonlocal batch_s, last_reported
         if not batch:
             return
         t0 = time.perf_counter()
@@ -160,6 +161,7 @@ def ingest(
         batch_s = 0.0
         if on_batch is not None:
             on_batch(report)
+            last_reported = report.seen
 
     def reject(name: str, reason: str) -> None:
         report.rejected.append((name, reason))
@@ -197,6 +199,7 @@ def ingest(
         if len(batch) >= batch_size:
             flush()
     flush()
-    if on_batch is not None and report.seen and not batch:
+    # Files skipped as unchanged or rejected after the last commit still get a final report.
+    if on_batch is not None and report.seen != last_reported:
         on_batch(report)
     return report
