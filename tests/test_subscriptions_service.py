@@ -143,7 +143,10 @@ def test_publish_matches_and_records_actions(svc: SubscriptionService) -> None:
             qualifiers=Qualifiers(
                 Temporal(150, 300), (NumericRange("cloud", 0, 20),), (StringEquals("day", "y"),)
             ),
-            actions=(EMAIL, Action("webhook", (("url", "https://h.example/x"),))),
+            actions=(
+                EMAIL,
+                Action("webhook", (("secret", "s" * 16), ("url", "https://h.example/x"))),
+            ),
         ),
     )
     svc.create(ALICE, sub(event_types=frozenset({"delete"})))

@@ -10,6 +10,7 @@ naming the field, so nothing invalid reaches the store or the index.
 
 from __future__ import annotations
 
+import base64
 import math
 import re
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ ACTION_KINDS: tuple[ActionKind, ...] = get_args(ActionKind)
 # Parameters each action kind needs; others are kept as given for the phase 2 drivers.
 REQUIRED_PARAMS: dict[ActionKind, tuple[str, ...]] = {
     "email": ("address",),
-    "webhook": ("url",),
+    "webhook": ("url", "secret"),
     "watch": (),
     "datapool": ("pool",),
     "distribution": ("media", "destination"),
@@ -39,6 +40,8 @@ MAX_ACTIONS = 16
 MAX_QUALIFIERS = 32
 MAX_PARAM = 1024
 HP_LIMIT = 1e5  # arcsec: far beyond any coronagraph field of view
+EMAIL_CONTENTS = ("metadata", "qualified")  # all of the granule's metadata, or what is qualified
+MIN_SECRET = 16  # bytes of webhook signing key
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,80}$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
@@ -233,13 +236,34 @@ def validate_action(a: Action, i: int) -> Action:
         validate_name(name, f"{where}.params")
         if len(value) > MAX_PARAM:
             raise InvalidArgument(f"at most {MAX_PARAM} characters", field=f"{where}.{name}")
-    if a.kind == "email" and not _EMAIL.match(params["address"]):
-        raise InvalidArgument("not an email address", field=f"{where}.address")
+    if a.kind == "email":
+        if not _EMAIL.match(params["address"]):
+            raise InvalidArgument("not an email address", field=f"{where}.address")
+        if params.get("content", "metadata") not in EMAIL_CONTENTS:
+            raise InvalidArgument(
+                f"must be one of {', '.join(EMAIL_CONTENTS)}", field=f"{where}.content"
+            )
     if a.kind == "webhook":
         url = urlsplit(params["url"])
         if url.scheme not in ("http", "https") or not url.netloc:
             raise InvalidArgument("must be an http(s) URL", field=f"{where}.url")
+        try:
+            key = webhook_key(params["secret"])
+        except ValueError:
+            raise InvalidArgument(
+                "whsec_ secrets must be base64", field=f"{where}.secret"
+            ) from None
+        if len(key) < MIN_SECRET:
+            raise InvalidArgument(f"at least {MIN_SECRET} bytes", field=f"{where}.secret")
     return Action(a.kind, tuple(sorted(params.items())))
+
+
+def webhook_key(secret: str) -> bytes:
+    """The HMAC key of a webhook secret: a Standard Webhooks "whsec_<base64>" secret decoded, any
+    other secret as its UTF-8 bytes. Raises ValueError for a whsec_ secret that is not base64."""
+    if secret.startswith("whsec_"):
+        return base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+    return secret.encode()
 
 
 def validate_subscription(s: Subscription, frame: Frame) -> Subscription:

@@ -1,0 +1,248 @@
+"""E-mail notifications over SMTP, one digest per address and batch, rate limited per address.
+
+All actions of a batch for one address go out as one mail listing them. An address gets at most
+one mail per ``digest_window_s`` and at most ``rate_limit`` mails per ``rate_window_s``; actions
+over either limit come back as ``retry`` with ``retry_after_s`` set to when the address may get
+mail again, so they fold into that later digest instead of flooding the mailbox (a reprocessing
+campaign matches thousands of granules). The send log is kept in memory: after a restart an
+address may get one mail early.
+
+Each mail names its action ids in a ``Heliostat-Action-Ids`` header and in the body, so a receiver
+can drop one it has seen (delivery is at least once: a crash between the server's 250 and the
+record of it sends the digest again).
+
+An action's ``content`` param chooses the body: ``metadata`` (default) lists everything known of
+the granule; ``qualified`` lists only what the subscription qualifies on (its temporal range,
+footprint, numeric and string attributes) besides the granule's identity.
+
+Replies map to outcomes per mail, so per address: 2xx delivered, 4xx retry, 5xx failed (a refused
+RCPT fails only that address's actions); a refused connection, a timeout or a dropped connection
+is retry. Every Result carries the server's reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from email.message import EmailMessage
+from email.policy import SMTP as SMTP_POLICY
+from email.utils import formatdate, make_msgid
+from typing import Literal
+
+import aiosmtplib
+
+from heliostat.archive.times import iso
+from heliostat.subscriptions.channels.base import Delivery, Result
+from heliostat.subscriptions.model import ActionKind, MatchedAction, Subscription
+
+Security = Literal["none", "starttls", "tls"]
+
+
+@dataclass(frozen=True, slots=True)
+class EmailSettings:
+    host: str = "localhost"
+    port: int = 25
+    security: Security = "none"  # tls: TLS from the start (port 465); starttls: upgrade (587)
+    username: str | None = None  # log in when set
+    password: str | None = None
+    sender: str = "heliostat@localhost"
+    connect_timeout_s: float = 10.0
+    timeout_s: float = 30.0  # per SMTP command
+    idle_s: float = 20.0  # reconnect instead of reusing a connection idle this long
+    digest_window_s: float = 60.0  # at most one mail per address in this window
+    rate_limit: int = 20  # at most this many mails per address per rate window (0: no limit)
+    rate_window_s: float = 3600.0
+
+
+class EmailChannel:
+    kind: ActionKind = "email"
+
+    def __init__(self, settings: EmailSettings, tls_context: ssl.SSLContext | None = None) -> None:
+        self.settings = settings
+        self._tls_context = tls_context
+        self._smtp: aiosmtplib.SMTP | None = None
+        self._last_used = 0.0
+        self._sent: dict[str, deque[float]] = {}  # address → monotonic times of its recent mails
+        self._lock = asyncio.Lock()  # one SMTP conversation and one send log at a time
+
+    async def deliver(self, batch: Sequence[Delivery]) -> list[Result]:
+        results: list[Result | None] = [None] * len(batch)
+        by_address: dict[str, list[int]] = {}
+        for i, d in enumerate(batch):
+            address = dict(d.action.action.params).get("address", "")
+            if address:
+                by_address.setdefault(address, []).append(i)
+            else:
+                results[i] = Result("failed", "the action has no address")
+        async with self._lock:
+            self._forget_old()
+            for address, idx in by_address.items():
+                wait = self._wait_s(address)
+                if wait > 0:
+                    r = Result(
+                        "retry", f"rate limited: next mail to {address} in {wait:.0f} s", wait
+                    )
+                else:
+                    r = await self._send(address, [batch[i] for i in idx])
+                for i in idx:
+                    results[i] = r
+        return [r for r in results if r is not None]
+
+    async def close(self) -> None:
+        async with self._lock:
+            await self._disconnect()
+
+    # -- rate limit ------------------------------------------------------------------------------
+
+    def _wait_s(self, address: str) -> float:
+        """Seconds until address may get its next mail (0: now)."""
+        s = self.settings
+        sent = self._sent.get(address)
+        if not sent:
+            return 0.0
+        now = time.monotonic()
+        wait = sent[-1] + s.digest_window_s - now
+        if s.rate_limit and len(sent) >= s.rate_limit:
+            wait = max(wait, sent[-s.rate_limit] + s.rate_window_s - now)
+        return max(wait, 0.0)
+
+    def _forget_old(self) -> None:
+        horizon = time.monotonic() - max(self.settings.rate_window_s, self.settings.digest_window_s)
+        for address in list(self._sent):
+            sent = self._sent[address]
+            while sent and sent[0] < horizon:
+                sent.popleft()
+            if not sent:
+                del self._sent[address]
+
+    # -- SMTP ------------------------------------------------------------------------------------
+
+    async def _send(self, address: str, deliveries: list[Delivery]) -> Result:
+        message = render(self.settings.sender, address, deliveries)
+        for fresh in (False, True):
+            try:
+                smtp = await self._connection(fresh)
+            except (aiosmtplib.SMTPException, OSError, TimeoutError) as e:
+                # Not this address's fault (no server, TLS or login trouble): try again later.
+                await self._disconnect()
+                return Result("retry", f"cannot reach the SMTP server: {_reason(e)}")
+            try:
+                _, reply = await smtp.sendmail(self.settings.sender, [address], message)
+            except aiosmtplib.SMTPRecipientsRefused as e:
+                refused = e.recipients[0]
+                return _reply_result(refused.code, refused.message)
+            except aiosmtplib.SMTPServerDisconnected as e:
+                await self._disconnect()
+                if fresh:
+                    return Result("retry", f"connection lost: {e}")
+                continue  # a reused connection may have been closed by the server: once more
+            except aiosmtplib.SMTPResponseException as e:
+                return _reply_result(e.code, e.message)
+            except (aiosmtplib.SMTPException, OSError, TimeoutError) as e:
+                await self._disconnect()
+                return Result("retry", _reason(e))
+            self._last_used = time.monotonic()
+            self._sent.setdefault(address, deque()).append(self._last_used)
+            return Result("delivered", f"250 {reply}")
+        raise AssertionError("unreachable")
+
+    async def _connection(self, fresh: bool) -> aiosmtplib.SMTP:
+        s = self.settings
+        smtp = self._smtp
+        stale = time.monotonic() - self._last_used > s.idle_s
+        if smtp is not None and smtp.is_connected and not fresh and not stale:
+            return smtp
+        await self._disconnect()
+        smtp = aiosmtplib.SMTP(
+            hostname=s.host, port=s.port, timeout=s.timeout_s,
+            use_tls=s.security == "tls", start_tls=s.security == "starttls",
+            tls_context=self._tls_context,
+        )  # fmt: skip
+        await smtp.connect(timeout=s.connect_timeout_s)
+        if s.username is not None:
+            await smtp.login(s.username, s.password or "")
+        self._smtp = smtp
+        return smtp
+
+    async def _disconnect(self) -> None:
+        smtp, self._smtp = self._smtp, None
+        if smtp is None or not smtp.is_connected:
+            return
+        try:
+            await smtp.quit()
+        except (aiosmtplib.SMTPException, OSError, TimeoutError):
+            smtp.close()
+
+
+def _reason(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+
+
+def _reply_result(code: int, message: str) -> Result:
+    detail = f"{code} {message}"
+    if 200 <= code < 300:
+        return Result("delivered", detail)
+    return Result("failed" if code >= 500 else "retry", detail)
+
+
+# -- content ------------------------------------------------------------------------------------
+
+
+def render(sender: str, address: str, deliveries: Sequence[Delivery]) -> bytes:
+    """The digest mail for one address listing its deliveries' actions."""
+    ids = [d.action.id for d in deliveries]
+    n = len(deliveries)
+    msg = EmailMessage(policy=SMTP_POLICY)
+    msg["From"] = sender
+    msg["To"] = address
+    msg["Date"] = formatdate(usegmt=True)
+    msg["Message-ID"] = make_msgid(domain=sender.rpartition("@")[2] or None)
+    if n == 1:
+        e = deliveries[0].action.event
+        msg["Subject"] = f"Heliostat: {e.type} of {e.granule} in {e.collection}"
+    else:
+        msg["Subject"] = f"Heliostat: {n} granule events"
+    msg["Heliostat-Action-Ids"] = " ".join(ids)
+    head = [
+        f"Heliostat subscription notification: {n} granule event{'s' if n > 1 else ''}.",
+        "Each action id is stable across retries: drop any you have seen before.",
+        "",
+    ]
+    body = head + [line for d in deliveries for line in describe(d.action, d.subscription)]
+    msg.set_content("\n".join(body) + "\n")
+    return msg.as_bytes()
+
+
+def describe(a: MatchedAction, sub: Subscription | None) -> list[str]:
+    """The lines about one action: the granule's metadata, or only what sub qualifies on."""
+    e = a.event
+    lines = [
+        f"Action {a.id}",
+        f"  subscription: {a.subscription_id}",
+        f"  collection: {e.collection}",
+        f"  event: {e.type}",
+        f"  granule: {e.granule}",
+    ]
+    if dict(a.action.params).get("content", "metadata") == "qualified":
+        q = sub.qualifiers if sub is not None else None
+        temporal = q is not None and q.temporal is not None
+        spatial = q is not None and q.spatial is not None
+        numeric = {n.attribute for n in q.numeric} if q is not None else set()
+        strings = {s.attribute for s in q.strings} if q is not None else set()
+    else:
+        temporal = spatial = True
+        numeric = {name for name, _ in e.numeric}
+        strings = {name for name, _ in e.strings}
+    if temporal:
+        lines.append(f"  time: {iso(e.start_us)} to {iso(e.end_us)}")
+    if spatial and e.box is not None:
+        b = e.box
+        lines.append(f"  footprint: x {b.x_min:g} to {b.x_max:g}, y {b.y_min:g} to {b.y_max:g}")
+    lines += [f"  {name}: {v:g}" for name, v in e.numeric if name in numeric]
+    lines += [f"  {name}: {v}" for name, v in e.strings if name in strings]
+    lines.append("")
+    return lines

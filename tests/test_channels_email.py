@@ -1,0 +1,228 @@
+"""The e-mail channel against real SMTP servers (aiosmtpd) started by the tests."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import socket
+import time
+from collections.abc import Iterator
+from email.message import Message
+from typing import Any
+
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from heliostat.errors import InvalidArgument
+from heliostat.subscriptions.channels.base import Delivery
+from heliostat.subscriptions.channels.email import EmailChannel, EmailSettings
+from heliostat.subscriptions.model import (
+    Action,
+    Box,
+    GranuleEvent,
+    MatchedAction,
+    NumericRange,
+    Qualifiers,
+    StringEquals,
+    Subscription,
+    Temporal,
+    validate_action,
+)
+from tests.conftest import free_port
+
+
+class Recorder:
+    """Accepts mail except for chosen recipients, answered with a chosen RCPT reply."""
+
+    def __init__(self, refuse: dict[str, str] | None = None) -> None:
+        self.refuse = refuse or {}
+        self.mails: list[tuple[list[str], Message]] = []
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        if address in self.refuse:
+            return self.refuse[address]
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        assert isinstance(envelope.content, bytes)
+        self.mails.append((list(envelope.rcpt_tos), email.message_from_bytes(envelope.content)))
+        return f"250 2.0.0 Ok: queued as Q{len(self.mails)}"
+
+
+class SmtpServer:
+    def __init__(self, handler: Recorder, port: int | None = None) -> None:
+        self.handler = handler
+        self.port = port or free_port()
+        self.controller = Controller(handler, hostname="127.0.0.1", port=self.port)
+        self.controller.start()
+
+    def stop(self) -> None:
+        self.controller.stop()
+
+
+@pytest.fixture
+def server() -> Iterator[SmtpServer]:
+    s = SmtpServer(
+        Recorder(
+            {
+                "full@example.org": "451 4.2.2 Mailbox full",
+                "nobody@example.org": "550 5.1.1 No such user",
+            }
+        )
+    )
+    yield s
+    s.stop()
+
+
+def channel(server: SmtpServer, **kw: Any) -> EmailChannel:
+    settings: dict[str, Any] = {"digest_window_s": 0.0, "rate_limit": 0, "timeout_s": 5.0}
+    settings.update(kw)
+    return EmailChannel(
+        EmailSettings(host="127.0.0.1", port=server.port, sender="hs@sun.example", **settings)
+    )
+
+
+EVENT = GranuleEvent(
+    "AIA_171.1", "insert", "2014/02/03/aia_171.jp2", 1_391_393_327_340_000, 1_391_393_327_340_000,
+    Box(-1200.5, -1100, 1200, 1100), (("cloud", 12.5), ("wavelength", 171.0)),
+    (("instrument", "AIA"), ("day", "y")),
+)  # fmt: skip
+SUB = Subscription(
+    7, "alice", "AIA_171.1", frozenset({"insert"}),
+    qualifiers=Qualifiers(temporal=Temporal(0, 2**62), numeric=(NumericRange("cloud", 0, 20),),
+                          strings=(StringEquals("day", "y"),)),
+)  # fmt: skip
+
+
+def delivery(address: str, event_id: int = 1, content: str | None = None) -> Delivery:
+    params = {"address": address} | ({"content": content} if content else {})
+    action = validate_action(Action("email", tuple(params.items())), 0)
+    return Delivery(MatchedAction(event_id, SUB.id, 0, SUB.owner, action, EVENT), 1, SUB)
+
+
+def body(m: Message) -> str:
+    payload = m.get_payload(decode=True)
+    assert isinstance(payload, bytes)
+    return payload.decode()
+
+
+async def test_one_digest_per_address_listing_every_action_id(server: SmtpServer) -> None:
+    ch = channel(server)
+    batch = [delivery("a@example.org", 1), delivery("b@example.org", 2),
+             delivery("a@example.org", 3), delivery("a@example.org", 4)]  # fmt: skip
+    results = await ch.deliver(batch)
+    await ch.close()
+    assert [r.outcome for r in results] == ["delivered"] * 4
+    assert results[0].detail == results[2].detail == results[3].detail
+    assert results[0].detail.startswith("250 2.0.0 Ok: queued as Q")
+    assert results[1].detail != results[0].detail
+    by_to = {tuple(to): m for to, m in server.handler.mails}
+    assert set(by_to) == {("a@example.org",), ("b@example.org",)}
+    a = by_to[("a@example.org",)]
+    ids = [batch[i].action.id for i in (0, 2, 3)]
+    assert a["Heliostat-Action-Ids"].split() == ids
+    assert a["From"] == "hs@sun.example"
+    assert a["Subject"] == "Heliostat: 3 granule events"
+    assert all(f"Action {i}" in body(a) for i in ids)
+    b = by_to[("b@example.org",)]
+    assert b["Heliostat-Action-Ids"] == batch[1].action.id
+    assert b["Subject"] == "Heliostat: insert of 2014/02/03/aia_171.jp2 in AIA_171.1"
+
+
+async def test_content_metadata_lists_everything_qualified_only_what_is_qualified(
+    server: SmtpServer,
+) -> None:
+    ch = channel(server)
+    await ch.deliver([delivery("m@example.org", 1), delivery("q@example.org", 2, "qualified")])
+    await ch.close()
+    by_to = {to[0]: body(m) for to, m in server.handler.mails}
+    full, qualified = by_to["m@example.org"], by_to["q@example.org"]
+    for text in (full, qualified):
+        assert "granule: 2014/02/03/aia_171.jp2" in text
+        assert "collection: AIA_171.1" in text and "event: insert" in text
+        assert "time: 2014-02-03T02:08:47.340000Z to 2014-02-03T02:08:47.340000Z" in text
+        assert "cloud: 12.5" in text and "day: y" in text
+    for line in ("footprint: x -1200.5 to 1200, y -1100 to 1100", "wavelength: 171",
+                 "instrument: AIA"):  # fmt: skip
+        assert line in full
+        assert line not in qualified
+
+
+async def test_rate_limit_and_digest_window_defer_with_retry_after(server: SmtpServer) -> None:
+    ch = channel(server, rate_limit=2, rate_window_s=1.5)
+    assert [r.outcome for r in await ch.deliver([delivery("a@example.org", 1)])] == ["delivered"]
+    assert [r.outcome for r in await ch.deliver([delivery("a@example.org", 2)])] == ["delivered"]
+    t0 = time.monotonic()
+    over = await ch.deliver([delivery("a@example.org", 3), delivery("a@example.org", 4),
+                             delivery("b@example.org", 5)])  # fmt: skip
+    assert [r.outcome for r in over] == ["retry", "retry", "delivered"]
+    wait = over[0].retry_after_s
+    assert wait is not None and 0.5 < wait <= 1.5
+    assert "rate limited" in over[0].detail
+    assert len(server.handler.mails) == 3
+    await asyncio.sleep(wait - (time.monotonic() - t0) + 0.05)
+    later = await ch.deliver([delivery("a@example.org", 3), delivery("a@example.org", 4)])
+    assert [r.outcome for r in later] == ["delivered", "delivered"]
+    to, folded = server.handler.mails[-1]
+    assert to == ["a@example.org"] and len(folded["Heliostat-Action-Ids"].split()) == 2
+    await ch.close()
+
+    windowed = channel(server, digest_window_s=1.0)
+    assert (await windowed.deliver([delivery("w@example.org", 6)]))[0].outcome == "delivered"
+    r = (await windowed.deliver([delivery("w@example.org", 7)]))[0]
+    assert r.outcome == "retry" and r.retry_after_s is not None and 0.5 < r.retry_after_s <= 1.0
+    await windowed.close()
+
+
+async def test_refused_recipient_fails_or_retries_only_its_actions(server: SmtpServer) -> None:
+    ch = channel(server)
+    batch = [delivery("nobody@example.org", 1), delivery("full@example.org", 2),
+             delivery("ok@example.org", 3), delivery("nobody@example.org", 4)]  # fmt: skip
+    results = await ch.deliver(batch)
+    await ch.close()
+    assert [r.outcome for r in results] == ["failed", "retry", "delivered", "failed"]
+    assert results[0].detail == "550 5.1.1 No such user"
+    assert results[1].detail == "451 4.2.2 Mailbox full"
+    assert [to for to, _ in server.handler.mails] == [["ok@example.org"]]
+
+
+async def test_no_server_and_silent_server_are_retry() -> None:
+    ch = EmailChannel(EmailSettings(host="127.0.0.1", port=free_port(), digest_window_s=0))
+    r = await ch.deliver([delivery("a@example.org")])
+    assert r[0].outcome == "retry" and "cannot reach" in r[0].detail
+    await ch.close()
+    with socket.socket() as silent:  # accepts connections, never greets
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        ch = EmailChannel(EmailSettings(host="127.0.0.1", port=port, connect_timeout_s=0.5,
+                                        timeout_s=0.5, digest_window_s=0))  # fmt: skip
+        t0 = time.monotonic()
+        r = await ch.deliver([delivery("a@example.org")])
+        assert r[0].outcome == "retry" and time.monotonic() - t0 < 3
+        await ch.close()
+
+
+async def test_reconnects_after_the_server_restarts() -> None:
+    server = SmtpServer(Recorder())
+    ch = channel(server)
+    assert (await ch.deliver([delivery("a@example.org", 1)]))[0].outcome == "delivered"
+    server.stop()
+    again = SmtpServer(Recorder(), server.port)
+    try:
+        assert (await ch.deliver([delivery("a@example.org", 2)]))[0].outcome == "delivered"
+        assert len(again.handler.mails) == 1
+    finally:
+        await ch.close()
+        again.stop()
+
+
+def test_content_param_is_validated() -> None:
+    validate_action(Action("email", (("address", "a@b.org"), ("content", "qualified"))), 0)
+    with pytest.raises(InvalidArgument) as e:
+        validate_action(Action("email", (("address", "a@b.org"), ("content", "all"))), 2)
+    assert e.value.field == "actions[2].content"
