@@ -30,7 +30,7 @@ ACTION_KINDS: tuple[ActionKind, ...] = get_args(ActionKind)
 # Parameters each action kind needs; others are kept as given for the phase 2 drivers.
 REQUIRED_PARAMS: dict[ActionKind, tuple[str, ...]] = {
     "email": ("address",),
-    "webhook": ("url", "secret"),
+    "webhook": ("url",),  # and a signing secret, checked after the url
     "watch": (),
     "datapool": ("pool",),
     "distribution": ("media", "destination"),
@@ -247,6 +247,8 @@ def validate_action(a: Action, i: int) -> Action:
         url = urlsplit(params["url"])
         if url.scheme not in ("http", "https") or not url.netloc:
             raise InvalidArgument("must be an http(s) URL", field=f"{where}.url")
+        if not params.get("secret"):
+            raise InvalidArgument("a webhook action needs 'secret'", field=f"{where}.secret")
         try:
             key = webhook_key(params["secret"])
         except ValueError:
