@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import email
+import email.header
 import socket
 import time
 from collections.abc import Iterator
@@ -226,3 +227,21 @@ def test_content_param_is_validated() -> None:
     with pytest.raises(InvalidArgument) as e:
         validate_action(Action("email", (("address", "a@b.org"), ("content", "all"))), 2)
     assert e.value.field == "actions[2].content"
+
+
+async def test_free_text_is_encoded_not_injected(server: SmtpServer) -> None:
+    odd = GranuleEvent(
+        "AIA_171.1", "insert", "spectra/Ångström\nBcc: victim@example.org", 0, 0,
+        strings=(("observer", "Jöns Ångström"),),
+    )  # fmt: skip
+    action = validate_action(Action("email", (("address", "a@example.org"),)), 0)
+    d = Delivery(MatchedAction(9, SUB.id, 0, SUB.owner, action, odd), 1, SUB)
+    ch = channel(server)
+    assert (await ch.deliver([d]))[0].outcome == "delivered"
+    await ch.close()
+    ((to, m),) = server.handler.mails
+    assert to == ["a@example.org"] and m["Bcc"] is None
+    subject = str(email.header.make_header(email.header.decode_header(m["Subject"])))
+    assert subject.startswith("Heliostat: insert of spectra/Ångström") and len(m.keys()) == 9
+    text = body(m) if m.get_content_charset() == "us-ascii" else m.get_payload(decode=True).decode()
+    assert "observer: Jöns Ångström" in text
