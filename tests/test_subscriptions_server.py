@@ -128,10 +128,16 @@ def test_publish_and_operator(served: tuple[RunningServer, dict[str, str]]) -> N
                     spatial=pb.Box(x_min=-125, y_min=32, x_max=-114, y_max=42),
                     numeric=[pb.NumericQualifier(attribute="cloud", min=0, max=20)],
                 ),
-                actions=[pb.Action(kind=pb.ACTION_KIND_WEBHOOK, params={"url": "https://x.org/h"})],
+                actions=[
+                    pb.Action(
+                        kind=pb.ACTION_KIND_WEBHOOK,
+                        params={"url": "https://x.org/h", "secret": "s" * 16},
+                    )
+                ],
             )
         )
         assert fires.active  # active unless created otherwise
+        assert dict(fires.actions[0].params) == {"url": "https://x.org/h"}  # secret not echoed
         before = alice.actions(limit=1000)
         ev = pb.GranuleEvent(
             collection="MODIS.6",
@@ -149,6 +155,7 @@ def test_publish_and_operator(served: tuple[RunningServer, dict[str, str]]) -> N
         got = alice.actions(after=before[-1].id if before else "", limit=1000)
         assert [(a.event_id, a.subscription_id) for a in got] == [(ids[0], fires.id)]
         assert got[0].event.granule == "MOD021KM.A2026.hdf"
+        assert dict(got[0].action.params) == {"url": "https://x.org/h"}
 
         bad = pb.GranuleEvent()
         bad.CopyFrom(ev)

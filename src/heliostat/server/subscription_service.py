@@ -115,6 +115,9 @@ def _qualifiers_out(q: model.Qualifiers) -> pb.Qualifiers:
     return out
 
 
+WRITE_ONLY_PARAMS = frozenset({"secret"})
+
+
 def _actions_in(msgs: Any) -> tuple[model.Action, ...]:
     out = []
     for i, a in enumerate(msgs):
@@ -126,7 +129,9 @@ def _actions_in(msgs: Any) -> tuple[model.Action, ...]:
 
 
 def _action_out(a: model.Action) -> pb.Action:
-    return pb.Action(kind=_KINDS[a.kind], params=dict(a.params))
+    # A webhook's signing secret is write-only: whoever reads the subscription cannot forge.
+    params = {k: v for k, v in a.params if k not in WRITE_ONLY_PARAMS}
+    return pb.Action(kind=_KINDS[a.kind], params=params)
 
 
 def _types_in(values: Any, field: str) -> frozenset[model.EventType]:
