@@ -16,8 +16,9 @@ the granule; ``qualified`` lists only what the subscription qualifies on (its te
 footprint, numeric and string attributes) besides the granule's identity.
 
 Replies map to outcomes per mail, so per address: 2xx delivered, 4xx retry, 5xx failed (a refused
-RCPT fails only that address's actions); a refused connection, a timeout or a dropped connection
-is retry. Every Result carries the server's reply.
+RCPT fails only that address's actions). A refused or dropped connection, a timeout, TLS or login
+trouble is retry for that address and the rest of the batch (it is the server's state, not the
+address's, and an operator can fix it). Every Result carries the server's reply.
 """
 
 from __future__ import annotations
@@ -80,14 +81,20 @@ class EmailChannel:
                 results[i] = Result("failed", "the action has no address")
         async with self._lock:
             self._forget_old()
+            down: Result | None = None  # once the server is out of reach, the rest wait too
             for address, idx in by_address.items():
                 wait = self._wait_s(address)
-                if wait > 0:
+                if down is not None:
+                    r = down
+                elif wait > 0:
                     r = Result(
                         "retry", f"rate limited: next mail to {address} in {wait:.0f} s", wait
                     )
                 else:
-                    r = await self._send(address, [batch[i] for i in idx])
+                    try:
+                        r = await self._send(address, [batch[i] for i in idx])
+                    except _Unreachable as e:
+                        r = down = e.result
                 for i in idx:
                     results[i] = r
         return [r for r in results if r is not None]
@@ -122,6 +129,7 @@ class EmailChannel:
     # -- SMTP ------------------------------------------------------------------------------------
 
     async def _send(self, address: str, deliveries: list[Delivery]) -> Result:
+        """The server's answer to the mail; raises _Unreachable when the connection fails."""
         message = render(self.settings.sender, address, deliveries)
         for fresh in (False, True):
             try:
@@ -129,7 +137,7 @@ class EmailChannel:
             except (aiosmtplib.SMTPException, OSError, TimeoutError) as e:
                 # Not this address's fault (no server, TLS or login trouble): try again later.
                 await self._disconnect()
-                return Result("retry", f"cannot reach the SMTP server: {_reason(e)}")
+                raise _Unreachable(f"no SMTP session: {_reason(e)}") from e
             try:
                 _, reply = await smtp.sendmail(self.settings.sender, [address], message)
             except aiosmtplib.SMTPRecipientsRefused as e:
@@ -138,13 +146,13 @@ class EmailChannel:
             except aiosmtplib.SMTPServerDisconnected as e:
                 await self._disconnect()
                 if fresh:
-                    return Result("retry", f"connection lost: {e}")
+                    raise _Unreachable(f"connection lost: {e}") from e
                 continue  # a reused connection may have been closed by the server: once more
             except aiosmtplib.SMTPResponseException as e:
                 return _reply_result(e.code, e.message)
             except (aiosmtplib.SMTPException, OSError, TimeoutError) as e:
-                await self._disconnect()
-                return Result("retry", _reason(e))
+                await self._disconnect()  # a timeout: the server may be stuck
+                raise _Unreachable(_reason(e)) from e
             self._last_used = time.monotonic()
             self._sent.setdefault(address, deque()).append(self._last_used)
             return Result("delivered", f"250 {reply}")
@@ -176,6 +184,12 @@ class EmailChannel:
             await smtp.quit()
         except (aiosmtplib.SMTPException, OSError, TimeoutError):
             smtp.close()
+
+
+class _Unreachable(Exception):
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.result = Result("retry", detail)
 
 
 def _reason(e: BaseException) -> str:
