@@ -67,7 +67,9 @@ class EmailChannel:
         self._tls_context = tls_context
         self._smtp: aiosmtplib.SMTP | None = None
         self._last_used = 0.0
-        self._sent: dict[str, deque[float]] = {}  # address → monotonic times of its recent mails
+        # address → monotonic times of its last rate_limit mails
+        self._sent: dict[str, deque[float]] = {}
+        self._swept = 0.0
         self._lock = asyncio.Lock()  # one SMTP conversation and one send log at a time
 
     async def deliver(self, batch: Sequence[Delivery]) -> list[Result]:
@@ -118,13 +120,13 @@ class EmailChannel:
         return max(wait, 0.0)
 
     def _forget_old(self) -> None:
-        horizon = time.monotonic() - max(self.settings.rate_window_s, self.settings.digest_window_s)
-        for address in list(self._sent):
-            sent = self._sent[address]
-            while sent and sent[0] < horizon:
-                sent.popleft()
-            if not sent:
-                del self._sent[address]
+        """Drop addresses whose last mail no longer limits them (at most once a minute)."""
+        now = time.monotonic()
+        if now - self._swept < 60:
+            return
+        self._swept = now
+        horizon = now - max(self.settings.rate_window_s, self.settings.digest_window_s)
+        self._sent = {a: sent for a, sent in self._sent.items() if sent[-1] >= horizon}
 
     # -- SMTP ------------------------------------------------------------------------------------
 
@@ -154,7 +156,8 @@ class EmailChannel:
                 await self._disconnect()  # a timeout: the server may be stuck
                 raise _Unreachable(_reason(e)) from e
             self._last_used = time.monotonic()
-            self._sent.setdefault(address, deque()).append(self._last_used)
+            sent = self._sent.setdefault(address, deque(maxlen=max(self.settings.rate_limit, 1)))
+            sent.append(self._last_used)
             return Result("delivered", f"250 {reply}")
         raise AssertionError("unreachable")
 
