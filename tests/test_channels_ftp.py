@@ -111,6 +111,10 @@ async def test_replies_map_to_outcomes(ftp: Server, tmp_path: Path) -> None:
     missing = await pusher.push(tmp_path / "nope.bin", ftp.url(), "f.bin")
     assert missing.outcome == "failed" and "cannot read" in missing.detail
     assert (await pusher.push(source, "http://h/x", "f.bin")).outcome == "failed"
+    bad_port = await pusher.push(source, f"ftp://writer:{quote(PASSWORD)}@h:99999/x", "f.bin")
+    assert bad_port.outcome == "failed" and "bad port" in bad_port.detail
+    for r in (busy, no_dir, read_only, bad_login, missing, bad_port):
+        assert PASSWORD not in r.detail and quote(PASSWORD, safe="") not in r.detail
     assert (await pusher.push(source, ftp.url(), "../f.bin")).outcome == "failed"
     assert list((ftp.root / "incoming").iterdir()) == []
 

@@ -29,7 +29,7 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.header import Header
 from email.utils import formatdate, make_msgid
 from typing import Literal
@@ -49,7 +49,7 @@ class EmailSettings:
     port: int = 25
     security: Security = "none"  # tls: TLS from the start (port 465); starttls: upgrade (587)
     username: str | None = None  # log in when set
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
     sender: str = "heliostat@localhost"
     connect_timeout_s: float = 10.0
     timeout_s: float = 30.0  # per SMTP command

@@ -38,14 +38,14 @@ class FtpPusher:
     def _push(self, source: Path, url: str, remote_name: str) -> Result:
         u = urlsplit(url)
         if u.scheme != "ftp" or not u.hostname:
-            return Result("failed", f"not an ftp:// url: {url}")
+            return Result("failed", f"not an ftp:// url (scheme {u.scheme!r})")
         if not remote_name or "/" in remote_name or remote_name in (".", ".."):
             return Result("failed", f"not a file name: {remote_name!r}")
         try:
             port = u.port or 21
             f = source.open("rb")
         except ValueError:
-            return Result("failed", f"bad port in {url}")
+            return Result("failed", "bad port in the url")  # the url holds a password
         except OSError as e:
             return Result("failed", f"cannot read {source}: {e.strerror or e}")
         s = self.settings
