@@ -20,11 +20,13 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from heliostat.errors import InvalidArgument
+from heliostat.subscriptions.auth import Principal
 from heliostat.subscriptions.channels.base import Delivery
 from heliostat.subscriptions.channels.email import EmailChannel, EmailSettings
 from heliostat.subscriptions.model import (
     Action,
     Box,
+    Collection,
     GranuleEvent,
     MatchedAction,
     NumericRange,
@@ -34,6 +36,7 @@ from heliostat.subscriptions.model import (
     Temporal,
     validate_action,
 )
+from heliostat.subscriptions.service import SubscriptionService
 from tests.conftest import free_port
 
 
@@ -303,3 +306,35 @@ async def test_tls_and_login(security: str, certificate: tuple[Path, Path]) -> N
         assert [to for to, _ in handler.mails] == [["a@example.org"]]
     finally:
         controller.stop()
+
+
+async def test_mails_actions_as_the_service_records_them(
+    server: SmtpServer, tmp_path: Path
+) -> None:
+    """Publish → the store's MatchedAction → a qualified mail naming its action id."""
+    op = Principal("ops", operator=True)
+    svc = SubscriptionService(tmp_path / "subs")
+    try:
+        svc.create_collection(op, Collection("MODIS", "6", "geographic"))
+        mail = Action("email", (("address", "a@example.org"), ("content", "qualified")))
+        qualifiers = Qualifiers(numeric=(NumericRange("cloud", 0, 20),))
+        s = svc.create(
+            Principal("alice"),
+            Subscription(0, "", "MODIS.6", frozenset({"insert"}), qualifiers=qualifiers,
+                         actions=(mail,)),
+        )  # fmt: skip
+        event = GranuleEvent("MODIS.6", "insert", "MOD021KM.hdf", 1, 2, Box(-10, -5, 10, 5),
+                             (("cloud", 3.0), ("sun", 40.0)))  # fmt: skip
+        svc.publish(op, [event])
+        (action,) = svc.store.actions_after(b"", 10, None)
+        sub_now = svc.store.get(s.id)
+    finally:
+        svc.close()
+    ch = channel(server)
+    (r,) = await ch.deliver([Delivery(action, 1, sub_now)])
+    await ch.close()
+    assert r.outcome == "delivered"
+    ((_, m),) = server.handler.mails
+    assert m["Heliostat-Action-Ids"] == action.id
+    text = body(m)
+    assert f"Action {action.id}" in text and "cloud: 3" in text and "sun:" not in text

@@ -11,16 +11,28 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from email.utils import formatdate
+from pathlib import Path
 
 import pytest
 from aiohttp import web
 
 from heliostat.errors import InvalidArgument
+from heliostat.subscriptions.auth import Principal
 from heliostat.subscriptions.channels.base import Delivery
 from heliostat.subscriptions.channels.webhook import WebhookChannel, WebhookSettings
-from heliostat.subscriptions.model import Action, Box, GranuleEvent, MatchedAction, validate_action
+from heliostat.subscriptions.model import (
+    Action,
+    Box,
+    Collection,
+    GranuleEvent,
+    MatchedAction,
+    Subscription,
+    validate_action,
+)
+from heliostat.subscriptions.service import SubscriptionService
 
 SECRET = "a-secret-of-24-characters"
+OPERATOR = Principal("ops", operator=True)
 RAW = b"\x01\x02" * 16
 WHSEC = "whsec_" + base64.b64encode(RAW).decode()
 
@@ -199,3 +211,37 @@ def test_secret_is_required_and_long_enough() -> None:
         with pytest.raises(InvalidArgument, match=message) as e:
             validate_action(Action("webhook", params), 1)
         assert e.value.field == "actions[1].secret"
+
+
+async def test_delivers_actions_as_the_service_records_them(
+    receiver: Receiver, tmp_path: Path
+) -> None:
+    """From publish to a verified POST: the MatchedAction the store returns is what is signed."""
+    svc = SubscriptionService(tmp_path / "subs")
+    try:
+        svc.create_collection(OPERATOR, Collection("MODIS", "6", "geographic"))
+        hook = Action("webhook", (("secret", SECRET), ("url", receiver.url + "/ok")))
+        s = svc.create(
+            Principal("alice"),
+            Subscription(0, "", "MODIS.6", frozenset({"insert"}), actions=(hook,)),
+        )
+        event = GranuleEvent(
+            "MODIS.6", "insert", "MOD021KM.hdf", 1, 2, Box(-10, -5, 10, 5), (("cloud", 3.0),)
+        )
+        (stored,) = svc.publish(OPERATOR, [event])
+        (action,) = svc.store.actions_after(b"", 10, None)
+    finally:
+        svc.close()
+    ch = WebhookChannel(WebhookSettings())
+    (r,) = await ch.deliver([Delivery(action, 1, s)])
+    await ch.close()
+    assert r.outcome == "delivered"
+    ((headers, body),) = receiver.received
+    assert verify(SECRET.encode(), headers, body)
+    doc = json.loads(body)
+    assert (doc["event_id"], doc["subscription_id"], doc["granule"]) == (
+        stored.id,
+        s.id,
+        "MOD021KM.hdf",
+    )
+    assert headers["webhook-id"] == doc["action_id"] == action.id
