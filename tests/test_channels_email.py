@@ -161,7 +161,7 @@ async def test_content_metadata_lists_everything_qualified_only_what_is_qualifie
 
 
 async def test_rate_limit_and_digest_window_defer_with_retry_after(server: SmtpServer) -> None:
-    ch = channel(server, rate_limit=2, rate_window_s=1.5)
+    ch = channel(server, rate_limit=2, rate_window_s=3.0)
     assert [r.outcome for r in await ch.deliver([delivery("a@example.org", 1)])] == ["delivered"]
     assert [r.outcome for r in await ch.deliver([delivery("a@example.org", 2)])] == ["delivered"]
     t0 = time.monotonic()
@@ -169,7 +169,7 @@ async def test_rate_limit_and_digest_window_defer_with_retry_after(server: SmtpS
                              delivery("b@example.org", 5)])  # fmt: skip
     assert [r.outcome for r in over] == ["retry", "retry", "delivered"]
     wait = over[0].retry_after_s
-    assert wait is not None and 0.5 < wait <= 1.5
+    assert wait is not None and 1.0 < wait <= 3.0
     assert "rate limited" in over[0].detail
     assert len(server.handler.mails) == 3
     await asyncio.sleep(wait - (time.monotonic() - t0) + 0.05)
@@ -179,10 +179,10 @@ async def test_rate_limit_and_digest_window_defer_with_retry_after(server: SmtpS
     assert to == ["a@example.org"] and len(folded["Heliostat-Action-Ids"].split()) == 2
     await ch.close()
 
-    windowed = channel(server, digest_window_s=1.0)
+    windowed = channel(server, digest_window_s=2.0)
     assert (await windowed.deliver([delivery("w@example.org", 6)]))[0].outcome == "delivered"
     r = (await windowed.deliver([delivery("w@example.org", 7)]))[0]
-    assert r.outcome == "retry" and r.retry_after_s is not None and 0.5 < r.retry_after_s <= 1.0
+    assert r.outcome == "retry" and r.retry_after_s is not None and 1.0 < r.retry_after_s <= 2.0
     await windowed.close()
 
 
@@ -212,7 +212,7 @@ async def test_no_server_and_silent_server_are_retry() -> None:
         t0 = time.monotonic()
         r = await ch.deliver([delivery(f"{n}@example.org") for n in "abcdef"])
         assert {x.outcome for x in r} == {"retry"}
-        assert time.monotonic() - t0 < 2  # one timeout for the batch, not one per address
+        assert time.monotonic() - t0 < 2.5  # one timeout for the batch, not one per address
         await ch.close()
 
 

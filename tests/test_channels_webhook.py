@@ -175,7 +175,7 @@ async def test_hanging_receiver_and_closed_port_retry(receiver: Receiver) -> Non
     ch = WebhookChannel(WebhookSettings(read_timeout_s=0.3, total_timeout_s=1.0))
     t0 = time.monotonic()
     hung, ok = await ch.deliver([delivery(receiver.url + "/hang"), delivery(receiver.url + "/ok")])
-    assert time.monotonic() - t0 < 2
+    assert time.monotonic() - t0 < 5
     assert (hung.outcome, hung.detail) == ("retry", "timed out")
     assert ok.outcome == "delivered"
     refused = (await ch.deliver([delivery("http://127.0.0.1:1/x")]))[0]
