@@ -180,7 +180,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--webhooks", type=int, default=3000)
     ap.add_argument("--mails", type=int, default=1000)
-    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds; best is reported")
+    ap.add_argument("--rounds", type=int, default=5, help="alternating rounds; best is reported")
     args = ap.parse_args()
     report = Report(
         "channels",
