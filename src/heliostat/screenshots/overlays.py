@@ -197,7 +197,7 @@ def _scalebar(view: Viewport, size: int) -> Image.Image:
 
 def _earth(view: Viewport, size: int) -> Image.Image:
     r = EARTH_ARCSEC / view.scale / 2
-    r_drawn = max(r, 0.75)  # however small, the marker stays visible
+    r_drawn = max(r, 0.6)  # however small, the marker stays visible (one full pixel)
     f = font(size)
     pad = _pad(size)
     ascent, descent = f.getmetrics()
@@ -259,8 +259,9 @@ def draw(rgba: U8Array, view: Viewport, options: Overlays, labels: Sequence[str]
         if options.scale_x is None or options.scale_y is None:
             x = y = size // 2
         else:
-            x = math.floor((options.scale_x - view.x1) / view.scale)
-            y = math.floor((options.scale_y - view.y1) / view.scale)
+            # The pixel holding the position; the epsilon keeps exact edges off float noise.
+            x = math.floor((options.scale_x - view.x1) / view.scale + 1e-9)
+            y = math.floor((options.scale_y - view.y1) / view.scale + 1e-9)
         _blit(out, marker, x, y)
     if options.labels and labels:
         _blit(out, *_labels(labels, size, h))
