@@ -26,7 +26,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from functools import cache
+from functools import cache, lru_cache
 from importlib import resources
 from typing import Literal
 
@@ -167,9 +167,11 @@ def _labels(lines: Sequence[str], size: int, height: int) -> tuple[Image.Image, 
     return im, margin, height - margin - im.height
 
 
-def _scalebar(view: Viewport, size: int) -> Image.Image:
-    arcsec = scalebar_arcsec(view.scale, view.width)
-    n = max(1, round(arcsec / view.scale))
+# Markers and the watermark depend only on scale and size: kept, as frames of a series repeat them.
+@lru_cache(maxsize=64)
+def _scalebar(image_scale: float, width: int, size: int) -> Image.Image:
+    arcsec = scalebar_arcsec(image_scale, width)
+    n = max(1, round(arcsec / image_scale))
     km = arcsec * KM_PER_ARCSEC
     text = f"{arcsec:g}″ ≈ {float(f'{km:.3g}'):,.0f} km"
     f = font(size)
@@ -195,8 +197,9 @@ def _scalebar(view: Viewport, size: int) -> Image.Image:
     return im
 
 
-def _earth(view: Viewport, size: int) -> Image.Image:
-    r = EARTH_ARCSEC / view.scale / 2
+@lru_cache(maxsize=64)
+def _earth(image_scale: float, size: int) -> Image.Image:
+    r = EARTH_ARCSEC / image_scale / 2
     r_drawn = max(r, 0.6)  # however small, the marker stays visible (one full pixel)
     f = font(size)
     pad = _pad(size)
@@ -224,7 +227,8 @@ def _earth(view: Viewport, size: int) -> Image.Image:
     return im
 
 
-def _watermark(size: int, width: int, height: int) -> tuple[Image.Image, int, int]:
+@lru_cache(maxsize=16)
+def _watermark(size: int) -> Image.Image:
     f = font(size, bold=True)
     pad = _pad(size)
     logo = _logo(round(size * 1.8))
@@ -243,8 +247,7 @@ def _watermark(size: int, width: int, height: int) -> tuple[Image.Image, int, in
     )
     alpha = np.asarray(im.getchannel("A"), np.float32) * WATERMARK_OPACITY
     im.putalpha(Image.fromarray(np.rint(alpha).astype(np.uint8), "L"))
-    margin = size // 2
-    return im, width - margin - im.width, height - margin - im.height
+    return im
 
 
 def draw(rgba: U8Array, view: Viewport, options: Overlays, labels: Sequence[str] = ()) -> U8Array:
@@ -255,7 +258,10 @@ def draw(rgba: U8Array, view: Viewport, options: Overlays, labels: Sequence[str]
     out = rgba.copy()
     size = font_px(w, h)
     if options.scale:
-        marker = _scalebar(view, size) if options.scale_type == "scalebar" else _earth(view, size)
+        if options.scale_type == "scalebar":
+            marker = _scalebar(view.scale, w, size)
+        else:
+            marker = _earth(view.scale, size)
         if options.scale_x is None or options.scale_y is None:
             x = y = size // 2
         else:
@@ -266,5 +272,7 @@ def draw(rgba: U8Array, view: Viewport, options: Overlays, labels: Sequence[str]
     if options.labels and labels:
         _blit(out, *_labels(labels, size, h))
     if options.watermark:
-        _blit(out, *_watermark(size, w, h))
+        mark = _watermark(size)
+        margin = size // 2
+        _blit(out, mark, w - margin - mark.width, h - margin - mark.height)
     return out
