@@ -89,12 +89,12 @@ def test_overlays_off_leave_the_frame_alone() -> None:
 def test_scale_bar_is_a_round_number_of_arcsec_exactly_that_long(scale: float) -> None:
     w, h = 800, 500
     view = _view(w, h, scale)
-    # Box top-left 10 px right of and 20 px below the frame's top-left corner.
+    # Box top-left 10 px right of and 20 px below the frame's top-left corner (scale_y is up).
     options = ov.Overlays(
         scale=True,
         scale_type="scalebar",
         scale_x=view.x1 + 10.5 * scale,
-        scale_y=view.y1 + 20.5 * scale,
+        scale_y=-(view.y1 + 20.5 * scale),
     )
     ov.check(options, view)
     out = ov.draw(_frame(w, h), view, options)
@@ -148,13 +148,18 @@ def test_scale_marker_clipped_at_the_edge_and_refused_outside() -> None:
     out = ov.draw(_frame(w, h), view, edge)
     changed = (out != _frame(w, h)).any(axis=2)
     assert changed[:, w - 5 :].any() and not changed[:, : w - 5].any()
-    # The default place is the top-left corner.
+    # The default place is the top-right corner.
     corner = ov.draw(_frame(w, h), view, ov.Overlays(scale=True))
     ys, xs = np.nonzero((corner != _frame(w, h)).any(axis=2))
-    assert xs.min() < 20 and ys.min() < 20
+    assert xs.max() > w - 20 and xs.min() > w / 2 and ys.min() < 20 and ys.max() < h / 2
+    # scale_y is north-up: a positive value is above Sun centre.
+    north = ov.Overlays(scale=True, scale_x=0.0, scale_y=50.0)
+    ys, xs = np.nonzero((ov.draw(_frame(w, h, 100), view, north) != _frame(w, h, 100)).any(axis=2))
+    assert (xs.min(), ys.min()) == (w // 2, h // 2 - 50)
     for options, field in [
         (ov.Overlays(scale=True, scale_x=view.x1 + w * s, scale_y=0.0), "overlays.scale_x"),
-        (ov.Overlays(scale=True, scale_x=0.0, scale_y=view.y1 - 1), "overlays.scale_y"),
+        (ov.Overlays(scale=True, scale_x=0.0, scale_y=-view.y1 + 1), "overlays.scale_y"),
+        (ov.Overlays(scale=True, scale_x=0.0, scale_y=view.y1), "overlays.scale_y"),
         (ov.Overlays(scale=True, scale_x=math.nan, scale_y=0.0), "overlays.scale_x"),
         (ov.Overlays(scale=True, scale_x=0.0), "overlays.scale_y"),
         (ov.Overlays(scale=True, scale_type="ruler"), "overlays.scale_type"),  # type: ignore[arg-type]
@@ -251,8 +256,8 @@ def test_screenshot_overlays_are_kept_with_the_request(app: Heliostat) -> None:
     assert shot.request.overlays == options
     before, after = _rgba(plain.data), _rgba(shot.data)
     changed = (before != after).any(axis=2)
-    # Scale bar top-left, labels bottom-left, watermark bottom-right; the Sun untouched.
-    assert changed[:40, :40].any() and changed[-40:, :40].any() and changed[-40:, -40:].any()
+    # Scale bar top-right, labels bottom-left, watermark bottom-right; the Sun untouched.
+    assert changed[:40, -40:].any() and changed[-40:, :40].any() and changed[-40:, -40:].any()
     assert not changed[150:250, 250:390].any()
     # Exactly the plain picture with the labels of the images used drawn over it.
     lasco, aia = shot.layers
@@ -289,22 +294,38 @@ def test_overlays_over_grpc(client: HeliostatClient) -> None:
         scale=True,
         scale_type=render_pb2.SCALE_TYPE_EARTH,
         scale_x=-300.0,
-        scale_y=-200.0,
+        scale_y=200.0,  # north up: 200 arcsec above Sun centre
         watermark=True,
     )
     centre = (0.0, 0.0, 500, 400)
     shot = client.screenshot(T0, "[SDO,AIA,171,1,100]", 2.4, centre=centre, overlays=options)
-    plain = client.screenshot(T0, "[SDO,AIA,171,1,100]", 2.4, centre=centre)
-    none = render_pb2.Overlays()
-    off = client.screenshot(T0, "[SDO,AIA,171,1,100]", 2.4, centre=centre, overlays=none)
-    assert off.data == plain.data != shot.data
+    none = render_pb2.Overlays(labels=False, watermark=False)
+    plain = client.screenshot(T0, "[SDO,AIA,171,1,100]", 2.4, centre=centre, overlays=none)
+    assert plain.data != shot.data
     assert client.get_screenshot(shot.id).data == shot.data
     a, b = _rgba(plain.data), _rgba(shot.data)
     changed = (a != b).any(axis=2)
-    # The Earth marker's box starts at (-300, -200) arcsec: pixel (500/2 − 125, 400/2 − 83).
+    # The Earth marker's box starts at (-300, 200 north) arcsec: pixel (250 − 125, 200 − 83.3).
     ys, xs = np.nonzero(changed[:200, :250])
     assert (xs.min(), ys.min()) == (125, 116)
     assert changed[-40:, :40].any() and changed[-40:, -40:].any()
+
+
+def test_labels_and_watermark_are_on_by_default_over_grpc(client: HeliostatClient) -> None:
+    def shot(size: int, options: render_pb2.Overlays | None) -> U8:
+        centre = (0.0, 0.0, size, size)
+        data = client.screenshot(T0, "[10,1,100]", 2.4, centre=centre, overlays=options).data
+        return _rgba(data)
+
+    off = render_pb2.Overlays(labels=False, watermark=False)
+    default = shot(400, None)
+    changed = (default != shot(400, off)).any(axis=2)
+    assert changed[-40:, :40].any() and changed[-40:, -40:].any() and not changed[:200].any()
+    assert np.array_equal(shot(400, render_pb2.Overlays()), default)
+    only_logo = (shot(400, render_pb2.Overlays(labels=False)) != shot(400, off)).any(axis=2)
+    assert only_logo[-40:, -40:].any() and not only_logo[:, :100].any()
+    # Below 200x200 px, as Helioviewer, nothing unless asked.
+    assert np.array_equal(shot(150, None), shot(150, off))
 
 
 @pytest.mark.parametrize(

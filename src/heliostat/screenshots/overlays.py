@@ -1,6 +1,6 @@
 """Overlays drawn over a screenshot: layer labels, a scale indicator and a watermark.
 
-Helioviewer's takeScreenshot options, all off by default as there:
+Helioviewer's takeScreenshot options (its "watermark" is the labels and the logo together):
 
 * **labels** — one line per layer, bottom-left, over a translucent backing: the source's
   nickname and the UTC time of the image actually used ("AIA 171  2014-02-03 02:30:23 UTC"),
@@ -8,10 +8,12 @@ Helioviewer's takeScreenshot options, all off by default as there:
 * **scale** — ``scale_type`` "earth": a disc the size of the Earth seen at the Sun from 1 AU
   (2 · 6371 km / 1 AU ≈ 17.57″, so ``17.57 / image_scale`` px across, drawn however small);
   "scalebar": a bar of a round number of arcsec (1, 2 or 5 × 10ⁿ, at most a fifth of the width)
-  exactly ``round(arcsec / image_scale)`` px long, labelled in arcsec and km at 1 AU. The
-  marker's box has its top-left corner at (``scale_x``, ``scale_y``) arcsec from Sun centre, y
-  down like the region, or near the frame's top-left corner when no position is given. A box
-  reaching past the frame is clipped; a position outside the frame is refused.
+  exactly ``round(arcsec / image_scale)`` px long, labelled in arcsec and km at 1 AU. As in
+  Helioviewer the marker's box has its top-left corner at (``scale_x``, ``scale_y``) arcsec from
+  Sun centre with y **up** (north), i.e. at (scale_x, −scale_y) in the region's y-down
+  coordinates; without a position it sits in the top-right corner (Helioviewer's place for the
+  Earth marker; the labels hold the bottom-left). A box reaching past the frame is clipped; a
+  position outside the frame is refused.
 * **watermark** — the project's logo and name, bottom-right, semi-transparent.
 
 Text is DejaVu Sans, shipped in ``fonts/`` with its licence, sized with the frame. ``draw`` is
@@ -60,7 +62,9 @@ class Overlays:
     labels: bool = False
     scale: bool = False
     scale_type: ScaleType = "earth"
-    scale_x: float | None = None  # arcsec, top-left of the marker's box; None = default corner
+    # Arcsec from Sun centre, y up (Helioviewer's scaleX/scaleY): the top-left of the marker's
+    # box; None = the top-right corner.
+    scale_x: float | None = None
     scale_y: float | None = None
     watermark: bool = False
 
@@ -86,16 +90,24 @@ def check(options: Overlays, view: Viewport) -> None:
         raise InvalidArgument("give scale_x and scale_y together", field=f"overlays.{missing}")
     if x is None or y is None:
         return
-    x2 = view.x1 + view.width * view.scale
-    y2 = view.y1 + view.height * view.scale
-    for name, v, lo, hi in (("scale_x", x, view.x1, x2), ("scale_y", y, view.y1, y2)):
+    for name, v in (("scale_x", x), ("scale_y", y)):
         if not math.isfinite(v):
             raise InvalidArgument(f"must be a finite number, got {v!r}", field=f"overlays.{name}")
-        if options.scale and not lo <= v < hi:
-            raise InvalidArgument(
-                f"{v:g} arcsec is outside the frame, which spans {lo:g} to {hi:g}",
-                field=f"overlays.{name}",
-            )
+    if not options.scale:
+        return
+    x2 = view.x1 + view.width * view.scale
+    if not view.x1 <= x < x2:
+        raise InvalidArgument(
+            f"{x:g} arcsec is outside the frame, which spans x {view.x1:g} to {x2:g}",
+            field="overlays.scale_x",
+        )
+    # y up (north positive): the frame spans −y2 < scale_y ≤ −y1.
+    y2 = view.y1 + view.height * view.scale
+    if not -y2 < y <= -view.y1:
+        raise InvalidArgument(
+            f"{y:g} arcsec is outside the frame, which spans y {-y2:g} to {-view.y1:g} (north up)",
+            field="overlays.scale_y",
+        )
 
 
 def layer_label(name: str, time_us: int | None) -> str:
@@ -263,11 +275,11 @@ def draw(rgba: U8Array, view: Viewport, options: Overlays, labels: Sequence[str]
         else:
             marker = _earth(view.scale, size)
         if options.scale_x is None or options.scale_y is None:
-            x = y = size // 2
+            x, y = w - size // 2 - marker.width, size // 2
         else:
             # The pixel holding the position; the epsilon keeps exact edges off float noise.
             x = math.floor((options.scale_x - view.x1) / view.scale + 1e-9)
-            y = math.floor((options.scale_y - view.y1) / view.scale + 1e-9)
+            y = math.floor((-options.scale_y - view.y1) / view.scale + 1e-9)
         _blit(out, marker, x, y)
     if options.labels and labels:
         _blit(out, *_labels(labels, size, h))

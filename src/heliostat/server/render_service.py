@@ -28,6 +28,7 @@ _FORMATS = {pb.IMAGE_FORMAT_PNG: "png", pb.IMAGE_FORMAT_JPEG: "jpeg", pb.IMAGE_F
 _SCALE_TYPES = {pb.SCALE_TYPE_EARTH: "earth", pb.SCALE_TYPE_SCALEBAR: "scalebar"}
 DEFAULT_QUALITY = 85
 DEFAULT_SCREENSHOT_QUALITY = 90
+WATERMARK_MIN_SIDE = 200
 
 
 def _message(tile: Tile) -> pb.Tile:
@@ -40,17 +41,20 @@ def _message(tile: Tile) -> pb.Tile:
     )
 
 
-def _overlays(msg: pb.Overlays) -> Overlays:
+def _overlays(msg: pb.Overlays, roi: region.Region) -> Overlays:
     scale_type = _SCALE_TYPES.get(msg.scale_type)
     if scale_type is None:
         raise InvalidArgument(f"unknown scale type {msg.scale_type}", field="overlays.scale_type")
+    # Helioviewer draws its watermark (labels and logo) unless told not to, on frames of at
+    # least 200x200 px.
+    default = roi.width >= WATERMARK_MIN_SIDE and roi.height >= WATERMARK_MIN_SIDE
     return Overlays(
-        labels=msg.labels,
+        labels=msg.labels if msg.HasField("labels") else default,
         scale=msg.scale,
         scale_type=scale_type,  # type: ignore[arg-type]
         scale_x=msg.scale_x if msg.HasField("scale_x") else None,
         scale_y=msg.scale_y if msg.HasField("scale_y") else None,
-        watermark=msg.watermark,
+        watermark=msg.watermark if msg.HasField("watermark") else default,
     )
 
 
@@ -121,7 +125,7 @@ class RenderService(render_pb2_grpc.RenderServiceServicer):
         else:
             raise InvalidArgument("give corners or a centre and size", field="region")
         quality = request.quality or DEFAULT_SCREENSHOT_QUALITY
-        overlays = _overlays(request.overlays)
+        overlays = _overlays(request.overlays, roi)
         shot = await offload(
             context,
             self.executor,
