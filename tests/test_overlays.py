@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -209,6 +210,18 @@ def test_watermark_is_a_semi_transparent_mark_bottom_right() -> None:
     assert ((mark[:, 0] - mark[:, 2]) > 60).sum() > 100
     limit = grey + ov.WATERMARK_OPACITY * (255 - grey)
     assert mark[:, :3].max() <= limit + 1 and mark[:, :3].min() >= grey * 0.4 - 1
+
+
+def test_render_threads_draw_the_same_overlays() -> None:
+    w, h = 700, 450
+    view = _view(w, h, 1.2)
+    options = ov.Overlays(labels=True, scale=True, scale_type="scalebar", watermark=True)
+    frames = [_frame(w, h, g) for g in range(0, 200, 10)]
+    lines = [[ov.layer_label("AIA 171", 1391394623_340000 + g * 1_000_000)] for g in range(20)]
+    serial = [ov.draw(f, view, options, s) for f, s in zip(frames, lines, strict=True)]
+    with ThreadPoolExecutor(4) as pool:
+        threaded = list(pool.map(lambda f, s: ov.draw(f, view, options, s), frames, lines))
+    assert all(np.array_equal(a, b) for a, b in zip(serial, threaded, strict=True))
 
 
 # -- the screenshot service ------------------------------------------------------------------

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import io
 import math
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -55,6 +56,9 @@ BACKING = (0, 0, 0, 150)
 EARTH_BLUE = (64, 140, 255)
 WATERMARK_OPACITY = 0.6
 WATERMARK_NAME = "Heliostat"
+
+# The cached fonts' FreeType faces are not safe to use from several render threads at once.
+_FREETYPE = threading.Lock()
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,7 +169,7 @@ def _blit(out: U8Array, im: Image.Image, x: int, y: int) -> None:
     out[y0:y1, x0:x1] = np.asarray(bg)
 
 
-def _labels(lines: Sequence[str], size: int, height: int) -> tuple[Image.Image, int, int]:
+def _labels(lines: Sequence[str], size: int) -> Image.Image:
     f = font(size)
     pad = _pad(size)
     ascent, descent = f.getmetrics()
@@ -175,8 +179,7 @@ def _labels(lines: Sequence[str], size: int, height: int) -> tuple[Image.Image, 
     d = ImageDraw.Draw(im)
     for i, s in enumerate(lines):
         d.text((pad, pad + i * line_h), s, font=f, fill=TEXT)
-    margin = size // 2
-    return im, margin, height - margin - im.height
+    return im
 
 
 # Markers and the watermark depend only on scale and size: kept, as frames of a series repeat them.
@@ -209,7 +212,7 @@ def _scalebar(image_scale: float, width: int, size: int) -> Image.Image:
     return im
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=8)  # at extreme zoom the disc is large
 def _earth(image_scale: float, size: int) -> Image.Image:
     r = EARTH_ARCSEC / image_scale / 2
     r_drawn = max(r, 0.6)  # however small, the marker stays visible (one full pixel)
@@ -267,24 +270,29 @@ def draw(rgba: U8Array, view: Viewport, options: Overlays, labels: Sequence[str]
     if not options.any:
         return rgba
     h, w = rgba.shape[:2]
-    out = rgba.copy()
     size = font_px(w, h)
-    if options.scale:
-        if options.scale_type == "scalebar":
-            marker = _scalebar(view.scale, w, size)
-        else:
-            marker = _earth(view.scale, size)
-        if options.scale_x is None or options.scale_y is None:
-            x, y = w - size // 2 - marker.width, size // 2
-        else:
-            # The pixel holding the position; the epsilon keeps exact edges off float noise.
-            x = math.floor((options.scale_x - view.x1) / view.scale + 1e-9)
-            y = math.floor((-options.scale_y - view.y1) / view.scale + 1e-9)
-        _blit(out, marker, x, y)
-    if options.labels and labels:
-        _blit(out, *_labels(labels, size, h))
-    if options.watermark:
-        mark = _watermark(size)
-        margin = size // 2
-        _blit(out, mark, w - margin - mark.width, h - margin - mark.height)
+    margin = size // 2
+    placed: list[tuple[Image.Image, int, int]] = []
+    with _FREETYPE:
+        if options.scale:
+            if options.scale_type == "scalebar":
+                marker = _scalebar(view.scale, w, size)
+            else:
+                marker = _earth(view.scale, size)
+            if options.scale_x is None or options.scale_y is None:
+                placed.append((marker, w - margin - marker.width, margin))
+            else:
+                # The pixel holding the position; the epsilon keeps exact edges off float noise.
+                x = math.floor((options.scale_x - view.x1) / view.scale + 1e-9)
+                y = math.floor((-options.scale_y - view.y1) / view.scale + 1e-9)
+                placed.append((marker, x, y))
+        if options.labels and labels:
+            block = _labels(labels, size)
+            placed.append((block, margin, h - margin - block.height))
+        if options.watermark:
+            mark = _watermark(size)
+            placed.append((mark, w - margin - mark.width, h - margin - mark.height))
+    out = rgba.copy()
+    for im, x, y in placed:
+        _blit(out, im, x, y)
     return out
