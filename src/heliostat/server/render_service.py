@@ -15,7 +15,7 @@ from heliostat.app import Heliostat
 from heliostat.errors import InvalidArgument
 from heliostat.imaging.tiles import Tile, tile_key
 from heliostat.screenshots import region
-from heliostat.screenshots.overlays import Overlays
+from heliostat.screenshots.overlays import Overlays, ScaleType
 from heliostat.screenshots.service import Screenshot
 from heliostat.server import convert
 from heliostat.server.calls import handles_errors, offload
@@ -25,7 +25,10 @@ from heliostat.v1 import render_pb2_grpc
 Ctx = grpc.aio.ServicerContext[Any, Any]
 
 _FORMATS = {pb.IMAGE_FORMAT_PNG: "png", pb.IMAGE_FORMAT_JPEG: "jpeg", pb.IMAGE_FORMAT_WEBP: "webp"}
-_SCALE_TYPES = {pb.SCALE_TYPE_EARTH: "earth", pb.SCALE_TYPE_SCALEBAR: "scalebar"}
+_SCALE_TYPES: dict[int, ScaleType] = {
+    pb.SCALE_TYPE_EARTH: "earth",
+    pb.SCALE_TYPE_SCALEBAR: "scalebar",
+}
 DEFAULT_QUALITY = 85
 DEFAULT_SCREENSHOT_QUALITY = 90
 WATERMARK_MIN_SIDE = 200
@@ -51,7 +54,7 @@ def _overlays(msg: pb.Overlays, roi: region.Region) -> Overlays:
     return Overlays(
         labels=msg.labels if msg.HasField("labels") else default,
         scale=msg.scale,
-        scale_type=scale_type,  # type: ignore[arg-type]
+        scale_type=scale_type,
         scale_x=msg.scale_x if msg.HasField("scale_x") else None,
         scale_y=msg.scale_y if msg.HasField("scale_y") else None,
         watermark=msg.watermark if msg.HasField("watermark") else default,
