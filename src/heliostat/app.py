@@ -33,6 +33,7 @@ from heliostat.imaging.compose import Compositor
 from heliostat.imaging.decode import JP2Reader
 from heliostat.imaging.resample import resample
 from heliostat.imaging.tiles import FORMATS, Tile, TileRenderer
+from heliostat.screenshots import overlays as ov
 from heliostat.screenshots.layers import parse_layers
 from heliostat.screenshots.region import Region
 from heliostat.screenshots.service import Screenshot, ScreenshotService
@@ -296,9 +297,10 @@ class Heliostat:
         fmt: str,
         quality: int,
         image_ids: Sequence[int] = (),
+        overlays: ov.Overlays = ov.NONE,
     ) -> Screenshot:
         """Composite the layers of a Helioviewer layer string; ``image_ids`` (0 = closest to the
-        time) pins layers to images."""
+        time) pins layers to images; ``overlays`` are drawn over the composite."""
         specs = parse_layers(layers)
         if not specs:
             raise InvalidArgument("no visible layer", field="layers")
@@ -309,7 +311,9 @@ class Heliostat:
         if not 1 <= quality <= 100:
             raise InvalidArgument(f"must be 1-100, got {quality}", field="quality")
         pins = [i or None for i in image_ids]
-        return self.screenshots.take(time_us, specs, region, fmt, quality, image_ids=pins)
+        return self.screenshots.take(
+            time_us, specs, region, fmt, quality, image_ids=pins, overlays=overlays
+        )
 
     def screenshot(self, shot_id: str) -> Screenshot:
         return self.screenshots.get(shot_id)

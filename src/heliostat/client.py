@@ -333,10 +333,11 @@ class HeliostatClient:
         fmt: Literal["png", "jpeg", "webp"] = "png",
         quality: int = 0,
         image_ids: Sequence[int] = (),
+        overlays: render_pb2.Overlays | None = None,
     ) -> render_pb2.Screenshot:
         """Composite a Helioviewer layer string ("[SDO,AIA,AIA,171,1,100],[5,1,60]") over a region
         given by corners (x1, y1, x2, y2 arcsec, y down) or centre (x0, y0 arcsec, width,
-        height px)."""
+        height px), with ``overlays`` (labels, scale, watermark) drawn over it."""
         req = render_pb2.TakeScreenshotRequest(
             date=_ts(date),
             layers=layers,
@@ -344,6 +345,7 @@ class HeliostatClient:
             format=_FORMATS[fmt],
             quality=quality,
             image_ids=list(image_ids),
+            overlays=overlays,
         )
         if corners is not None:
             req.corners.CopyFrom(

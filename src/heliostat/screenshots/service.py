@@ -5,7 +5,8 @@ requested time — composes them over the region and encodes the frame. A source
 is reported in the result (``LayerUsed.image`` is None), not an error, as Helioviewer's client
 shows "no image for this layer". Every screenshot gets an id; encoded screenshots live in a cache
 bounded by total size and by age, and the request behind each id (with the images it used) is
-kept, so ``get`` re-renders the same picture once the bytes have been evicted.
+kept, so ``get`` re-renders the same picture once the bytes have been evicted. Overlays (labels,
+scale, watermark) are part of the request, so a re-rendered screenshot carries them too.
 
 PNG and WebP keep transparency where no layer has data; JPEG is flattened on black.
 """
@@ -28,6 +29,7 @@ from heliostat.errors import InvalidArgument, NotFound
 from heliostat.imaging import encode
 from heliostat.imaging.compose import Compositor, LayerInput
 from heliostat.lru import CacheStats, SizedLRU
+from heliostat.screenshots import overlays as ov
 from heliostat.screenshots.layers import LayerSpec
 from heliostat.screenshots.region import Region
 
@@ -51,6 +53,7 @@ class ScreenshotRequest:
     fmt: Format = "png"
     quality: int = 90  # JPEG and WebP
     direction: Direction = "nearest"
+    overlays: ov.Overlays = ov.NONE
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +163,11 @@ class ScreenshotService:
                 p = next(placements)
                 offset = image.time_us - request.time_us
                 used.append(LayerUsed(layer, image, offset, p.reduce, p.drawn))
-        data = encode_rgba(frame.rgba, request.fmt, request.quality)
+        labels = [
+            ov.layer_label(u.layer.source.name, u.image.time_us if u.image else None) for u in used
+        ]
+        rgba = ov.draw(frame.rgba, request.region.viewport, request.overlays, labels)
+        data = encode_rgba(rgba, request.fmt, request.quality)
         shot = Screenshot(
             shot_id,
             data,
@@ -184,8 +191,10 @@ class ScreenshotService:
         *,
         image_ids: Sequence[int | None] = (),
         direction: Direction = "nearest",
+        overlays: ov.Overlays = ov.NONE,
     ) -> Screenshot:
-        """Compose, encode and keep a screenshot; ``image_ids`` pins layers to images."""
+        """Compose, encode and keep a screenshot; ``image_ids`` pins layers to images,
+        ``overlays`` says what to draw over it."""
         if fmt not in encode.FORMATS:
             message = f"unknown format {fmt!r}; use one of {encode.FORMATS}"
             raise InvalidArgument(message, field="format")
@@ -195,7 +204,10 @@ class ScreenshotService:
             raise InvalidArgument("no visible layers", field="layers")
         if direction not in ("nearest", "before", "after"):
             raise InvalidArgument(f"unknown direction {direction!r}", field="direction")
-        request = ScreenshotRequest(time_us, tuple(layers), region, fmt, quality, direction)
+        ov.check(overlays, region.viewport)
+        request = ScreenshotRequest(
+            time_us, tuple(layers), region, fmt, quality, direction, overlays
+        )
         stored = _Stored(request, self._resolve(request, image_ids))
         shot_id = secrets.token_urlsafe(12)
         shot = self._render(shot_id, stored)

@@ -15,6 +15,7 @@ from heliostat.app import Heliostat
 from heliostat.errors import InvalidArgument
 from heliostat.imaging.tiles import Tile, tile_key
 from heliostat.screenshots import region
+from heliostat.screenshots.overlays import Overlays, ScaleType
 from heliostat.screenshots.service import Screenshot
 from heliostat.server import convert
 from heliostat.server.calls import handles_errors, offload
@@ -24,8 +25,13 @@ from heliostat.v1 import render_pb2_grpc
 Ctx = grpc.aio.ServicerContext[Any, Any]
 
 _FORMATS = {pb.IMAGE_FORMAT_PNG: "png", pb.IMAGE_FORMAT_JPEG: "jpeg", pb.IMAGE_FORMAT_WEBP: "webp"}
+_SCALE_TYPES: dict[int, ScaleType] = {
+    pb.SCALE_TYPE_EARTH: "earth",
+    pb.SCALE_TYPE_SCALEBAR: "scalebar",
+}
 DEFAULT_QUALITY = 85
 DEFAULT_SCREENSHOT_QUALITY = 90
+WATERMARK_MIN_SIDE = 200
 
 
 def _message(tile: Tile) -> pb.Tile:
@@ -35,6 +41,23 @@ def _message(tile: Tile) -> pb.Tile:
         width=tile.width,
         height=tile.height,
         reduce=tile.reduce,
+    )
+
+
+def _overlays(msg: pb.Overlays, roi: region.Region) -> Overlays:
+    scale_type = _SCALE_TYPES.get(msg.scale_type)
+    if scale_type is None:
+        raise InvalidArgument(f"unknown scale type {msg.scale_type}", field="overlays.scale_type")
+    # Helioviewer draws its watermark (labels and logo) unless told not to, on frames of at
+    # least 200x200 px.
+    default = roi.width >= WATERMARK_MIN_SIDE and roi.height >= WATERMARK_MIN_SIDE
+    return Overlays(
+        labels=msg.labels if msg.HasField("labels") else default,
+        scale=msg.scale,
+        scale_type=scale_type,
+        scale_x=msg.scale_x if msg.HasField("scale_x") else None,
+        scale_y=msg.scale_y if msg.HasField("scale_y") else None,
+        watermark=msg.watermark if msg.HasField("watermark") else default,
     )
 
 
@@ -105,11 +128,12 @@ class RenderService(render_pb2_grpc.RenderServiceServicer):
         else:
             raise InvalidArgument("give corners or a centre and size", field="region")
         quality = request.quality or DEFAULT_SCREENSHOT_QUALITY
+        overlays = _overlays(request.overlays, roi)
         shot = await offload(
             context,
             self.executor,
             lambda: self.app.take_screenshot(
-                t, request.layers, roi, fmt, quality, list(request.image_ids)
+                t, request.layers, roi, fmt, quality, list(request.image_ids), overlays
             ),
         )
         return _screenshot(shot)
