@@ -260,7 +260,7 @@ def test_running_difference_picks_the_last_image_at_or_before(app: Heliostat) ->
     assert ref is not None and iso(ref.time_us).startswith("2014-02-03T02:08:47.34")
     # A real SWAP running difference: mostly unchanged corona, so mostly near grey.
     grey, alpha = _grey(app.tile(swap.id, 0, 0, swap.scale * 2, "png", 85, five_min).data)
-    assert np.median(np.abs(grey[alpha == 255].astype(int) - 128)) <= 8
+    assert np.median(np.abs(grey[alpha == 255].astype(int) - 128)) <= 4
 
 
 def test_no_reference_before_the_first_image_is_not_found(app: Heliostat) -> None:
