@@ -31,6 +31,7 @@ from heliostat.config import profile
 from heliostat.errors import InvalidArgument, NotFound
 from heliostat.imaging import difference as dif
 from heliostat.imaging.decode import FileKey
+from heliostat.imaging.tiles import tile_key
 from heliostat.screenshots import region as roi
 from heliostat.screenshots.layers import parse_layers
 
@@ -261,6 +262,22 @@ def test_running_difference_picks_the_last_image_at_or_before(app: Heliostat) ->
     # A real SWAP running difference: mostly unchanged corona, so mostly near grey.
     grey, alpha = _grey(app.tile(swap.id, 0, 0, swap.scale * 2, "png", 85, five_min).data)
     assert np.median(np.abs(grey[alpha == 255].astype(int) - 128)) <= 4
+
+
+def test_difference_tiles_are_cached_by_their_reference(app: Heliostat) -> None:
+    rec = _at(app, 10, "2014-02-03T03:30:23Z")
+    opts = dif.options(dif.RUNNING, 30, dif.MINUTES, None)
+    ref = app.difference_reference(rec, opts)
+    assert ref is not None
+    tile = app.tile(rec.id, 1, 1, rec.scale * 2, "png", 85, opts)
+    assert app.tiles.cached(tile_key(rec, 1, 1, rec.scale * 2, "png", 85, ref)) == tile
+    plain = app.tile(rec.id, 1, 1, rec.scale * 2, "png", 85)
+    assert plain.data != tile.data
+    assert app.tiles.cached(tile_key(rec, 1, 1, rec.scale * 2, "png", 85)) == plain
+    # Replacing the reference file forgets the difference tiles made from it, not the plain one.
+    app.tiles.forget(ref.path)
+    assert app.tiles.cached(tile_key(rec, 1, 1, rec.scale * 2, "png", 85, ref)) is None
+    assert app.tiles.cached(tile_key(rec, 1, 1, rec.scale * 2, "png", 85)) == plain
 
 
 def test_no_reference_before_the_first_image_is_not_found(app: Heliostat) -> None:

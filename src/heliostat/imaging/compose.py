@@ -154,16 +154,20 @@ def sample_onto(
     m_native: F64Array,
     out: U8Array,
     alpha: U8Array,
+    reduce: int | None = None,
 ) -> tuple[int, bool, U8Array | None]:
     """Fill ``out`` and ``alpha`` (zeroed by the caller) with ``record``'s image sampled at
     ``m_native``, the (2, 3) affine from output pixel centres to native pixel centres, for
-    output pixels of ``scale`` arcsec: the JPEG 2000 reduce level is chosen from the scales and
+    output pixels of ``scale`` arcsec: the JPEG 2000 reduce level is chosen from the scales
+    (or given, as for a difference's reference, which must be low-passed like its target) and
     only the window needed is decoded. Returns (reduce, drawn, the file's palette); drawn is
     False when the image lies outside the output."""
     h, w = out.shape
     try:
         info = reader.info(fk)
-        reduce = choose_reduce(scale, record.scale, info.num_resolutions)
+        if reduce is None:
+            reduce = choose_reduce(scale, record.scale, info.num_resolutions)
+        reduce = min(reduce, info.num_resolutions - 1)
         rw, rh = reduced_size(info.width, reduce), reduced_size(info.height, reduce)
         # Native position n is reduced position n / 2^reduce (a power of two: exact).
         m = m_native / (1 << reduce)
@@ -218,14 +222,14 @@ class Compositor:
         return lut
 
     def _samples(
-        self, record: ImageRecord, view: Viewport
+        self, record: ImageRecord, view: Viewport, reduce: int | None = None
     ) -> tuple[U8Array, U8Array, int, bool, U8Array | None]:
         """The layer's samples on the output grid, their coverage, reduce, drawn and palette."""
         out = np.zeros((view.height, view.width), np.uint8)
         alpha = np.zeros((view.height, view.width), np.uint8)
         m = layer_matrix(record, view, 0)
         reduce, drawn, palette = sample_onto(
-            self.reader, self._key(record), record, view.scale, m, out, alpha
+            self.reader, self._key(record), record, view.scale, m, out, alpha, reduce
         )
         if not drawn:
             return out, alpha, reduce, False, palette
@@ -250,7 +254,9 @@ class Compositor:
                 raise InvalidArgument(f"must be 0-100, got {layer.opacity}", field="opacity")
             samples, alpha, reduce, drawn, palette = self._samples(layer.record, view)
             if drawn and layer.reference is not None:
-                old, old_alpha, *_ = self._samples(layer.reference, view)
+                # At the target's reduce level: a reference a hair smaller or larger on the sky
+                # must not cross a power-of-two boundary and get a different low-pass.
+                old, old_alpha, *_ = self._samples(layer.reference, view, reduce)
                 difference(samples, alpha, old, old_alpha, out=samples, out_alpha=alpha)
                 drawn = bool(alpha.any())
             placed.append(LayerPlacement(layer.record, reduce, drawn))

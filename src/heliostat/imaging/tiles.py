@@ -215,9 +215,16 @@ class TileRenderer:
         return out, (None if alpha.min() == 255 else alpha), plan.reduce
 
     def _reference_pixels(
-        self, record: ImageRecord, reference: ImageRecord, x: int, y: int, image_scale: float
+        self,
+        record: ImageRecord,
+        reference: ImageRecord,
+        x: int,
+        y: int,
+        image_scale: float,
+        reduce: int,
     ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]]:
-        """The reference's samples (and coverage) on the output pixels of record's tile."""
+        """The reference's samples (and coverage) on the output pixels of record's tile, decoded
+        at the target's reduce level so both get the same wavelet low-pass."""
         if difference.same_grid(record, reference):
             out, alpha, _ = self.pixels(reference, x, y, image_scale)
             return out, np.full_like(out, 255) if alpha is None else alpha
@@ -233,7 +240,7 @@ class TileRenderer:
         fk = FileKey(
             str(self.archive_root / reference.path), reference.file_size, reference.file_mtime_ns
         )
-        sample_onto(self.reader, fk, reference, image_scale, m, out, alpha)
+        sample_onto(self.reader, fk, reference, image_scale, m, out, alpha, reduce)
         return out, alpha
 
     def difference_pixels(
@@ -241,7 +248,7 @@ class TileRenderer:
     ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8] | None, int]:
         """The difference tile's grey levels, alpha (None when opaque) and the reduce level."""
         new, new_alpha, reduce = self.pixels(record, x, y, image_scale)
-        old, old_alpha = self._reference_pixels(record, reference, x, y, image_scale)
+        old, old_alpha = self._reference_pixels(record, reference, x, y, image_scale, reduce)
         alpha = np.full_like(new, 255) if new_alpha is None else new_alpha
         difference.difference(new, alpha, old, old_alpha, out=new, out_alpha=alpha)
         return new, (None if alpha.min() == 255 else alpha), reduce
