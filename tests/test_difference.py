@@ -18,6 +18,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 from PIL import Image
 
 from heliostat import demo
@@ -34,6 +35,7 @@ from heliostat.imaging.decode import FileKey
 from heliostat.imaging.tiles import tile_key
 from heliostat.screenshots import region as roi
 from heliostat.screenshots.layers import parse_layers
+from heliostat.v1 import render_pb2
 
 from .conftest import AIA_171, DATA, RunningServer, place_samples, start_server, stop_server
 
@@ -410,6 +412,14 @@ def test_difference_tiles_and_screenshots_over_grpc(served: RunningServer) -> No
                 c.tile(new.id, 0, 0, new.scale * 4, **kwargs)  # type: ignore[arg-type]
             assert e.value.code() == code, kwargs  # type: ignore[attr-defined]
             assert _field(e) == field
+
+        bad_base = render_pb2.GetTileRequest(image_id=new.id, image_scale=new.scale * 4,
+                                             difference=2)  # type: ignore[arg-type]  # fmt: skip
+        bad_base.base_diff_time.CopyFrom(Timestamp(seconds=10**9, nanos=-5))
+        with pytest.raises(grpc.RpcError) as e:
+            c.render.GetTile(bad_base)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+        assert _field(e) == "base_diff_time"
 
         shot = c.screenshot(
             datetime(2013, 6, 12, 0, 8, 10, tzinfo=UTC),
