@@ -1,10 +1,12 @@
 """Difference imaging: the kernel, the options, choosing and aligning the reference, tiles and
 screenshots in process and over gRPC.
 
-The archive holds the real AIA 171 and SWAP samples plus two generated 4096² AIA 171 frames of
-the same model Sun a minute apart, the earlier one pointed 36 px west and 20 px south
-(CRPIX shifted, the disc drawn where the header says): aligned by geometry their difference is
-compression noise; differenced pixel for pixel it is not.
+The archive holds the real AIA 171 and SWAP samples plus three generated 4096² AIA 171 frames of
+the same model Sun a minute apart: one centred, one pointed 36 px west and 20 px south (CRPIX
+shifted, the disc drawn where the header says), one seen from 3 % farther away (DSUN, R_SUN).
+Aligned by geometry, what is left of their differences from the centred one is the model's
+fine structure (drawn in the image plane, so it does not move with the Sun) and compression
+noise; differenced pixel for pixel, the Sun's structure and limb stand out.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ SWAP = sorted(DATA.glob("*PROBA2_SWAP*.jp2"))
 NEW_US = parse("2014-02-04T00:00:00Z")  # generated frame, centred
 OLD_US = parse("2014-02-03T23:59:00Z")  # generated frame, pointed elsewhere
 SHIFT = (36, -20)  # the old frame's Sun centre minus the new one's, native pixels (x, y down)
+FAR_US = parse("2014-02-03T23:58:00Z")  # generated frame, seen from 3 % farther away
+FAR = 1.03
 
 
 def _grey(png: bytes) -> tuple[np.ndarray, np.ndarray]:
@@ -205,12 +209,16 @@ def test_native_transform_maps_the_same_point_of_the_sun() -> None:
 # -- archive -----------------------------------------------------------------------------------
 
 
-def _frame(dest: Path, time_us: int, shift: tuple[int, int]) -> None:
-    """A 4096² AIA 171 frame of the model Sun with the Sun centre moved by shift (x, y down)."""
+def _frame(dest: Path, time_us: int, shift: tuple[int, int], distance: float = 1.0) -> None:
+    """A 4096² AIA 171 frame of the model Sun with the Sun centre moved by shift (x, y down),
+    seen from ``distance`` times the template's distance (so that much smaller)."""
     source = sources.by_id(10)
     fits = dict(demo.aia_header(demo._template(AIA_171[0]), wavelength=171, time_us=time_us))
     fits["CRPIX1"] = f"{float(fits['CRPIX1']) + shift[0]:.8g}"
     fits["CRPIX2"] = f"{float(fits['CRPIX2']) - shift[1]:.8g}"
+    fits["DSUN_OBS"] = f"{float(fits['DSUN_OBS']) * distance:.8e}"
+    for key in ("R_SUN", "RSUN_OBS"):
+        fits[key] = f"{float(fits[key]) / distance:.8g}"
     size = int(fits["NAXIS1"])
     centre = (float(fits["CRPIX1"]) - 1, size - float(fits["CRPIX2"]))
     # time_s fixed: both frames show the same Sun, only the pointing differs.
@@ -226,6 +234,7 @@ def frames(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("frames")
     _frame(root, NEW_US, (0, 0))
     _frame(root, OLD_US, SHIFT)
+    _frame(root, FAR_US, (0, 0), FAR)
     return root
 
 
@@ -317,8 +326,8 @@ def test_a_reference_pointed_elsewhere_is_aligned_by_its_header(app: Heliostat) 
     moved = app.reader.region(fk, 0, x0, y0, x0 + 512, y0 + 512)
     full = np.full_like(target, 255)
     assert (got == dif.difference(target, full, moved, full)[0]).all()
-    # Reduced, limb included: what is left is compression noise, far below the misregistered
-    # pixel-for-pixel difference.
+    # Reduced, limb included: what is left is image-plane fine structure and compression noise,
+    # far below the misregistered pixel-for-pixel difference.
     for scale, x, y in [(new.scale * 4, 0, 0), (new.scale * 4, -1, -1), (new.scale * 1.5, 0, 0)]:
         got, alpha, _ = app.tiles.difference_pixels(new, old, x, y, scale)
         plain_new, _, _ = app.tiles.pixels(new, x, y, scale)
@@ -328,6 +337,26 @@ def test_a_reference_pointed_elsewhere_is_aligned_by_its_header(app: Heliostat) 
         naive = np.abs(plain_new[covered].astype(int) - plain_old[covered].astype(int))
         assert aligned.mean() < 4 and np.percentile(aligned, 99) <= 12
         assert naive.mean() > 2.5 * aligned.mean() and np.percentile(naive, 99) > 25
+
+
+def test_a_reference_seen_from_farther_is_scaled_to_the_target(app: Heliostat) -> None:
+    new, far = _at(app, 10, "2014-02-04T00:00:00Z"), _at(app, 10, "2014-02-03T23:58:00Z")
+    assert far.scale == pytest.approx(new.scale * FAR) and far.rsun_px < new.rsun_px
+    # Full-resolution tiles across the limb: the reference's Sun is 3 % smaller in pixels, the
+    # difference tile scales it up to the target's; the raw pixel-for-pixel difference does not.
+    for x, y in [(3, 0), (-4, -1), (0, -4)]:
+        got, alpha, _ = app.tiles.difference_pixels(new, far, x, y, new.scale)
+        assert alpha is None
+        x0, y0 = 2048 + 512 * x, 2048 + 512 * y
+        raw = [
+            app.reader.region(FileKey(str(app.archive_root / r.path), r.file_size,
+                                      r.file_mtime_ns), 0, x0, y0, x0 + 512, y0 + 512)
+            for r in (new, far)
+        ]  # fmt: skip
+        aligned = np.abs(got.astype(int) - 128) / 2
+        naive = np.abs(raw[0].astype(int) - raw[1].astype(int))
+        assert aligned.mean() < 4 and np.percentile(aligned, 99) <= 14
+        assert naive.mean() > 2 * aligned.mean() and np.percentile(naive, 99) > 20
 
 
 def test_difference_screenshots(app: Heliostat) -> None:
