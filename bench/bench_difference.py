@@ -1,7 +1,7 @@
 """Difference tiles and screenshots beside the plain ones: same images, same run, interleaved.
 
 Real AIA 171 4096² and SWAP 174 1024² files. In both pairs the observer distance differs (AIA by
-about 25 ppm in 30 minutes), so the reference is resampled through its own geometry, the
+about 70 ppm in 30 minutes), so the reference is resampled through its own geometry, the
 general path. Each difference figure has the plain rendering of the same target as its baseline,
 measured interleaved with it:
 
