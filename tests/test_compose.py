@@ -308,7 +308,5 @@ def test_screenshot_rejects_bad_requests(service: ScreenshotService) -> None:
         service.take(0, layers, region, image_ids=[99])
     with pytest.raises(InvalidArgument, match="not from"):
         service.take(0, layers, region, image_ids=[3])
-    with pytest.raises(InvalidArgument, match="difference"):
-        service.take(0, parse_layers("[SDO,AIA,171,1,100,1,5,1,]"), region)
     with pytest.raises(InvalidArgument, match="no visible"):
         service.take(0, (), region)

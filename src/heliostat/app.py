@@ -27,7 +27,7 @@ from heliostat.catalog.records import ImageRecord
 from heliostat.catalog.store import Catalog
 from heliostat.config import Profile
 from heliostat.errors import DataLoss, InvalidArgument, NotFound
-from heliostat.imaging import encode
+from heliostat.imaging import difference, encode
 from heliostat.imaging.affine import blend_over, radial_mask, warp_affine
 from heliostat.imaging.compose import Compositor
 from heliostat.imaging.decode import JP2Reader
@@ -128,6 +128,8 @@ class Heliostat:
         warp_affine(src, rot, out, alpha)
         warp_affine(src[1:, 1:], rot * 2, out, alpha)
         radial_mask(alpha, 2.0, 2.0, 0.5, 1.5)
+        difference.difference(out, alpha, out, alpha)
+        difference.difference(src[1:5, 1:5], alpha, out, alpha, out=out, out_alpha=alpha)
         canvas = np.zeros((4, 4, 4), np.uint8)
         blend_over(np.full((4, 4, 4), 200, np.uint8), 50, canvas)
         binary = np.array([[0, 255, 255, 255]] * 4, np.uint8)
@@ -318,9 +320,35 @@ class Heliostat:
     def screenshot(self, shot_id: str) -> Screenshot:
         return self.screenshots.get(shot_id)
 
+    def difference_reference(
+        self, record: ImageRecord, diff: difference.Difference | None
+    ) -> ImageRecord | None:
+        """A difference's reference for record: the source's last image at or before the
+        reference time (None without a difference); NotFound naming the field that set the time
+        when there is none, as Helioviewer answers "no image before that date"."""
+        if diff is None:
+            return None
+        ref = self.catalog.closest(record.source_id, diff.reference_time(record.time_us), "before")
+        if ref is None:
+            name = sources.by_id(record.source_id).name
+            message = (
+                f"no {name} image at or before {diff.describe(record.time_us)} "
+                "to difference against"
+            )
+            raise NotFound(message, field=diff.time_field)
+        return ref
+
     def tile(
-        self, image_id: int, x: int, y: int, image_scale: float, fmt: str, quality: int
+        self,
+        image_id: int,
+        x: int,
+        y: int,
+        image_scale: float,
+        fmt: str,
+        quality: int,
+        diff: difference.Difference | None = None,
     ) -> Tile:
-        return self.tiles.render(
-            self.image(image_id, field="image_id"), x, y, image_scale, fmt, quality
-        )
+        """A tile of an image, or of its difference from the reference ``diff`` chooses."""
+        record = self.image(image_id, field="image_id")
+        reference = self.difference_reference(record, diff)
+        return self.tiles.render(record, x, y, image_scale, fmt, quality, reference)

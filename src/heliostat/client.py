@@ -309,18 +309,29 @@ class HeliostatClient:
         image_scale: float,
         fmt: Literal["png", "jpeg", "webp"] = "png",
         quality: int = 0,
+        *,
+        difference: int = 0,
+        diff_count: int = 0,
+        diff_time: int = 0,
+        base_diff_time: datetime | None = None,
     ) -> render_pb2.Tile:
-        return self.render.GetTile(
-            render_pb2.GetTileRequest(
-                image_id=image_id,
-                x=x,
-                y=y,
-                image_scale=image_scale,
-                format=_FORMATS[fmt],
-                quality=quality,
-            ),
-            timeout=self.timeout,
+        """A tile; ``difference`` 1 (running: ``diff_count`` units of ``diff_time``, Helioviewer's
+        codes 0 s, 1 min, 2 h, 3 d, 4 wk, 5 mo, 6 yr, back) or 2 (base: against
+        ``base_diff_time``) makes it a difference tile."""
+        req = render_pb2.GetTileRequest(
+            image_id=image_id,
+            x=x,
+            y=y,
+            image_scale=image_scale,
+            format=_FORMATS[fmt],
+            quality=quality,
+            difference=difference,  # type: ignore[arg-type]
+            diff_count=diff_count,
+            diff_time=diff_time,  # type: ignore[arg-type]
         )
+        if base_diff_time is not None:
+            req.base_diff_time.CopyFrom(_ts(base_diff_time))
+        return self.render.GetTile(req, timeout=self.timeout)
 
     def screenshot(
         self,

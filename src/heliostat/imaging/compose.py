@@ -19,7 +19,8 @@ at reduce 1 see the difference, half a native pixel. Unrotated layers go through
 triangle-filter kernel the tiles use; rotated ones through the supersampled bilinear kernel of
 heliostat.imaging.affine. Coronagraphs are masked to their field of view (OCCULTERS). Layers
 are drawn in the order given, each OVER what is already there; pixels no layer covers stay
-transparent.
+transparent. A difference layer is its image minus its reference, both placed on the view by
+their own geometry, mapped to grey by heliostat.imaging.difference.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from heliostat.imaging.decode import (
     JP2Reader,
     reduced_size,
 )
+from heliostat.imaging.difference import difference
 from heliostat.imaging.resample import resample
 
 U8Array = npt.NDArray[np.uint8]
@@ -80,8 +82,11 @@ class LayerInput:
     record: ImageRecord
     opacity: int = 100  # percent
     # A packaged colour table's name or a (256, 3) palette; None = the source's standard table,
-    # else the file's own palette, else grey.
+    # else the file's own palette, else grey (difference layers: grey).
     table: str | U8Array | None = None
+    # Set for a difference layer: the earlier image of the same source subtracted from record
+    # (heliostat.imaging.difference), each placed by its own geometry.
+    reference: ImageRecord | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,10 +131,11 @@ def layer_matrix(record: ImageRecord, view: Viewport, reduce: int) -> F64Array:
     )
 
 
-def _window(m: F64Array, view: Viewport, w: int, h: int) -> tuple[int, int, int, int]:
-    """The part [x0, x1) × [y0, y1) of a w × h image the view samples, with filter margin."""
-    us = np.array([-0.5, view.width - 0.5, -0.5, view.width - 0.5])
-    vs = np.array([-0.5, -0.5, view.height - 0.5, view.height - 0.5])
+def _window(m: F64Array, out_w: int, out_h: int, w: int, h: int) -> tuple[int, int, int, int]:
+    """The part [x0, x1) × [y0, y1) of a w × h image an out_w × out_h output samples through
+    m, with filter margin."""
+    us = np.array([-0.5, out_w - 0.5, -0.5, out_w - 0.5])
+    vs = np.array([-0.5, -0.5, out_h - 0.5, out_h - 0.5])
     xs = m[0, 0] * us + m[0, 1] * vs + m[0, 2]
     ys = m[1, 0] * us + m[1, 1] * vs + m[1, 2]
     pad = math.ceil(max(abs(m[0, 0]) + abs(m[0, 1]), abs(m[1, 0]) + abs(m[1, 1]))) + 2
@@ -138,6 +144,50 @@ def _window(m: F64Array, view: Viewport, w: int, h: int) -> tuple[int, int, int,
     x1 = min(w, math.ceil(xs.max()) + pad + 1)
     y1 = min(h, math.ceil(ys.max()) + pad + 1)
     return x0, y0, x1, y1
+
+
+def sample_onto(
+    reader: JP2Reader,
+    fk: FileKey,
+    record: ImageRecord,
+    scale: float,
+    m_native: F64Array,
+    out: U8Array,
+    alpha: U8Array,
+    reduce: int | None = None,
+) -> tuple[int, bool, U8Array | None]:
+    """Fill ``out`` and ``alpha`` (zeroed by the caller) with ``record``'s image sampled at
+    ``m_native``, the (2, 3) affine from output pixel centres to native pixel centres, for
+    output pixels of ``scale`` arcsec: the JPEG 2000 reduce level is chosen from the scales
+    (or given, as for a difference's reference, which must be low-passed like its target) and
+    only the window needed is decoded. Returns (reduce, drawn, the file's palette); drawn is
+    False when the image lies outside the output."""
+    h, w = out.shape
+    try:
+        info = reader.info(fk)
+        if reduce is None:
+            reduce = choose_reduce(scale, record.scale, info.num_resolutions)
+        reduce = min(reduce, info.num_resolutions - 1)
+        rw, rh = reduced_size(info.width, reduce), reduced_size(info.height, reduce)
+        # Native position n is reduced position n / 2^reduce (a power of two: exact).
+        m = m_native / (1 << reduce)
+        x0, y0, x1, y1 = _window(m, w, h, rw, rh)
+        if x0 >= x1 or y0 >= y1:
+            return reduce, False, info.palette
+        src = reader.region(fk, reduce, x0, y0, x1, y1)
+    except FileChangedError as e:
+        raise FailedPrecondition(f"{e}; re-ingest it", field="image_id") from None
+    except DecodeError as e:
+        raise DataLoss(f"image {record.id} cannot be decoded: {e}", field="image_id") from None
+    m[0, 2] -= x0
+    m[1, 2] -= y0
+    if m[0, 1] == 0.0 and m[1, 0] == 0.0:
+        # resample's sample position is x0 + (u + 0.5)·sx − 0.5; ours is m00·u + m02.
+        sx, sy = float(m[0, 0]), float(m[1, 1])
+        resample(src, m[0, 2] + 0.5 - 0.5 * sx, m[1, 2] + 0.5 - 0.5 * sy, sx, sy, out, alpha)
+    else:
+        warp_affine(src, m, out, alpha)
+    return reduce, True, info.palette
 
 
 class Compositor:
@@ -152,6 +202,8 @@ class Compositor:
 
     def _lut(self, layer: LayerInput, palette: U8Array | None) -> U8Array:
         table = layer.table
+        if table is None and layer.reference is not None:
+            return colortables.rgba(None)  # Helioviewer shows differences in grey
         if table is None:
             table = sources.by_id(layer.record.source_id).color_table
         if isinstance(table, str):
@@ -170,33 +222,17 @@ class Compositor:
         return lut
 
     def _samples(
-        self, record: ImageRecord, view: Viewport
+        self, record: ImageRecord, view: Viewport, reduce: int | None = None
     ) -> tuple[U8Array, U8Array, int, bool, U8Array | None]:
         """The layer's samples on the output grid, their coverage, reduce, drawn and palette."""
-        fk = self._key(record)
         out = np.zeros((view.height, view.width), np.uint8)
         alpha = np.zeros((view.height, view.width), np.uint8)
-        try:
-            info = self.reader.info(fk)
-            reduce = choose_reduce(view.scale, record.scale, info.num_resolutions)
-            w, h = reduced_size(info.width, reduce), reduced_size(info.height, reduce)
-            m = layer_matrix(record, view, reduce)
-            x0, y0, x1, y1 = _window(m, view, w, h)
-            if x0 >= x1 or y0 >= y1:
-                return out, alpha, reduce, False, info.palette
-            src = self.reader.region(fk, reduce, x0, y0, x1, y1)
-        except FileChangedError as e:
-            raise FailedPrecondition(f"{e}; re-ingest it", field="image_id") from None
-        except DecodeError as e:
-            raise DataLoss(f"image {record.id} cannot be decoded: {e}", field="image_id") from None
-        m[0, 2] -= x0
-        m[1, 2] -= y0
-        if m[0, 1] == 0.0 and m[1, 0] == 0.0:
-            # resample's sample position is x0 + (u + 0.5)·sx − 0.5; ours is m00·u + m02.
-            sx, sy = float(m[0, 0]), float(m[1, 1])
-            resample(src, m[0, 2] + 0.5 - 0.5 * sx, m[1, 2] + 0.5 - 0.5 * sy, sx, sy, out, alpha)
-        else:
-            warp_affine(src, m, out, alpha)
+        m = layer_matrix(record, view, 0)
+        reduce, drawn, palette = sample_onto(
+            self.reader, self._key(record), record, view.scale, m, out, alpha, reduce
+        )
+        if not drawn:
+            return out, alpha, reduce, False, palette
         occulter = OCCULTERS.get(record.source_id)
         if occulter is not None:
             # Sun centre in output pixels; radii from R☉ at 1 AU in output pixels.
@@ -204,7 +240,7 @@ class Compositor:
             cy = -view.y1 / view.scale - 0.5
             r = RSUN_ARCSEC / view.scale
             radial_mask(alpha, cx, cy, occulter[0] * r, occulter[1] * r)
-        return out, alpha, reduce, bool(alpha.any()), info.palette
+        return out, alpha, reduce, bool(alpha.any()), palette
 
     def compose(self, layers: Sequence[LayerInput], view: Viewport) -> Composite:
         if view.width < 1 or view.height < 1 or not view.scale > 0:
@@ -217,6 +253,12 @@ class Compositor:
             if not 0 <= layer.opacity <= 100:
                 raise InvalidArgument(f"must be 0-100, got {layer.opacity}", field="opacity")
             samples, alpha, reduce, drawn, palette = self._samples(layer.record, view)
+            if drawn and layer.reference is not None:
+                # At the target's reduce level: a reference a hair smaller or larger on the sky
+                # must not cross a power-of-two boundary and get a different low-pass.
+                old, old_alpha, *_ = self._samples(layer.reference, view, reduce)
+                difference(samples, alpha, old, old_alpha, out=samples, out_alpha=alpha)
+                drawn = bool(alpha.any())
             placed.append(LayerPlacement(layer.record, reduce, drawn))
             if not drawn or layer.opacity == 0:
                 continue

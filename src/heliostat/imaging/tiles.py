@@ -6,6 +6,10 @@ native pixel ``(W/2 + x·512·s/j, H/2 + y·512·s/j)`` — the grid is anchored
 y grows downward. JPEG 2000 reduction does the power-of-two part of ``s/j``; the resampling
 kernel does the rest; a reduced sample k stands for native pixel k·2^r (the wavelet low-pass
 band is centred on the even samples). Parts of a tile outside the image are transparent.
+
+A difference tile (heliostat.imaging.difference) is the tile of the target image minus its
+reference sampled onto the same output pixels: by the very same plan when both images share a
+grid, else through the reference's own geometry. It is grey unless a table is asked for.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ import numpy.typing as npt
 from heliostat.archive import sources
 from heliostat.catalog.records import ImageRecord
 from heliostat.errors import DataLoss, FailedPrecondition, InvalidArgument, OutOfRange
-from heliostat.imaging import encode
+from heliostat.imaging import difference, encode
+from heliostat.imaging.compose import sample_onto
 from heliostat.imaging.decode import (
     DecodeError,
     FileChangedError,
@@ -145,10 +150,19 @@ class TileKey:
     scale: str  # 6 decimals, as Helioviewer's client rounds it, so equal requests share tiles
     fmt: str
     quality: int
+    # A difference tile's reference file (path, size, mtime): the options only choose it, the
+    # file decides the pixels, and a newly ingested image can change which one they choose.
+    reference: tuple[str, int, int] | None = None
 
 
 def tile_key(
-    record: ImageRecord, x: int, y: int, image_scale: float, fmt: str, quality: int
+    record: ImageRecord,
+    x: int,
+    y: int,
+    image_scale: float,
+    fmt: str,
+    quality: int,
+    reference: ImageRecord | None = None,
 ) -> TileKey:
     return TileKey(
         record.path,
@@ -159,6 +173,9 @@ def tile_key(
         f"{image_scale:.6f}",
         fmt,
         quality,
+        None
+        if reference is None
+        else (reference.path, reference.file_size, reference.file_mtime_ns),
     )
 
 
@@ -197,6 +214,45 @@ class TileRenderer:
             raise DataLoss(f"image {record.id} cannot be decoded: {e}", field="image_id") from None
         return out, (None if alpha.min() == 255 else alpha), plan.reduce
 
+    def _reference_pixels(
+        self,
+        record: ImageRecord,
+        reference: ImageRecord,
+        x: int,
+        y: int,
+        image_scale: float,
+        reduce: int,
+    ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]]:
+        """The reference's samples (and coverage) on the output pixels of record's tile, decoded
+        at the target's reduce level so both get the same wavelet low-pass."""
+        if difference.same_grid(record, reference):
+            out, alpha, _ = self.pixels(reference, x, y, image_scale)
+            return out, np.full_like(out, 255) if alpha is None else alpha
+        # Output pixel centre u lies at native column W/2 + x·span − 0.5 + ratio·(u + 0.5).
+        ratio = image_scale / record.scale
+        span = TILE_SIZE * ratio
+        ox = record.width / 2 + x * span - 0.5 + 0.5 * ratio
+        oy = record.height / 2 + y * span - 0.5 + 0.5 * ratio
+        to_target = np.array([[ratio, 0.0, ox], [0.0, ratio, oy]])
+        m = difference.chain(to_target, difference.native_transform(record, reference))
+        out = np.zeros((TILE_SIZE, TILE_SIZE), np.uint8)
+        alpha = np.zeros((TILE_SIZE, TILE_SIZE), np.uint8)
+        fk = FileKey(
+            str(self.archive_root / reference.path), reference.file_size, reference.file_mtime_ns
+        )
+        sample_onto(self.reader, fk, reference, image_scale, m, out, alpha, reduce)
+        return out, alpha
+
+    def difference_pixels(
+        self, record: ImageRecord, reference: ImageRecord, x: int, y: int, image_scale: float
+    ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8] | None, int]:
+        """The difference tile's grey levels, alpha (None when opaque) and the reduce level."""
+        new, new_alpha, reduce = self.pixels(record, x, y, image_scale)
+        old, old_alpha = self._reference_pixels(record, reference, x, y, image_scale, reduce)
+        alpha = np.full_like(new, 255) if new_alpha is None else new_alpha
+        difference.difference(new, alpha, old, old_alpha, out=new, out_alpha=alpha)
+        return new, (None if alpha.min() == 255 else alpha), reduce
+
     def table(self, record: ImageRecord) -> str | npt.NDArray[np.uint8] | None:
         """The source's standard colour table, else the file's own palette, else grey."""
         name = sources.by_id(record.source_id).color_table
@@ -206,26 +262,39 @@ class TileRenderer:
         return self.reader.info(fk).palette
 
     def render(
-        self, record: ImageRecord, x: int, y: int, image_scale: float, fmt: str, quality: int
+        self,
+        record: ImageRecord,
+        x: int,
+        y: int,
+        image_scale: float,
+        fmt: str,
+        quality: int,
+        reference: ImageRecord | None = None,
     ) -> Tile:
+        """The tile of record, or of record minus reference (a difference tile)."""
         if fmt not in FORMATS:
             raise InvalidArgument(f"unknown format {fmt!r}; use one of {FORMATS}", field="format")
         if not 1 <= quality <= 100:
             raise InvalidArgument(f"must be 1-100, got {quality}", field="quality")
-        key = tile_key(record, x, y, image_scale, fmt, quality)
+        key = tile_key(record, x, y, image_scale, fmt, quality, reference)
         hit = self._cache.get(key)
         if hit is not None:
             return hit
-        samples, alpha, reduce = self.pixels(record, x, y, image_scale)
-        data = encode.encode(
-            samples, table=self.table(record), fmt=fmt, quality=quality, alpha=alpha
-        )
+        if reference is None:
+            samples, alpha, reduce = self.pixels(record, x, y, image_scale)
+            table = self.table(record)
+        else:
+            samples, alpha, reduce = self.difference_pixels(record, reference, x, y, image_scale)
+            table = None  # Helioviewer shows differences in grey
+        data = encode.encode(samples, table=table, fmt=fmt, quality=quality, alpha=alpha)
         tile = Tile(data, encode.content_type(fmt), reduce)
         self._cache.put(key, tile)
         return tile
 
     def forget(self, path: str) -> None:
-        self._cache.discard(lambda k: k.path == path)
+        self._cache.discard(
+            lambda k: k.path == path or (k.reference is not None and k.reference[0] == path)
+        )
         self.reader.forget(str(self.archive_root / path))
 
     def stats(self) -> dict[str, CacheStats]:

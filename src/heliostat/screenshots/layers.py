@@ -7,7 +7,8 @@ A layer string is comma-joined bracket groups, one per layer, in drawing order:
 * ``[observatory,instrument,measurement,visible,opacity]`` where the detector repeats the
   instrument — ``[SDO,AIA,171,1,100]``;
 * either named form extended to ``[…,visible,opacity,difference,diffCount,diffTime,
-  baseDiffTime]`` (difference 0 none, 1 running, 2 base; baseDiffTime an ISO date).
+  baseDiffTime]`` (difference 0 none, 1 running, 2 base; diffTime Helioviewer's unit code;
+  baseDiffTime an ISO date), checked as heliostat.imaging.difference.options checks them.
 
 ``visible`` is really a layering order, > 0 = shown. Groups with visible 0 or opacity 0 are
 dropped. Errors are InvalidArgument on field "layers" naming the group at fault.
@@ -18,8 +19,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from heliostat.archive import sources
+from heliostat.archive import sources, times
 from heliostat.errors import InvalidArgument
+from heliostat.imaging.difference import BASE, MAX_COUNT, UNITS, Difference, options
 
 MAX_LAYERS = 8
 
@@ -38,6 +40,7 @@ class LayerSpec:
     diff_count: int = 0
     diff_time: int = 0  # Helioviewer's unit code for diff_count
     base_diff_time: str = ""  # ISO date, for base differences
+    diff: Difference | None = None  # the options above, checked; None: no difference
 
 
 def _int(group: str, name: str, text: str, lo: int, hi: int) -> int:
@@ -80,8 +83,8 @@ def _layer(body: str) -> LayerSpec:
             raise InvalidArgument(message, field="layers")
         diff = (
             _int(group, "difference", d, 0, 2),
-            _int(group, "diffCount", count, 0, 10**6),
-            _int(group, "diffTime", unit, 0, 10),
+            _int(group, "diffCount", count, 0, MAX_COUNT),
+            _int(group, "diffTime", unit, 0, len(UNITS) - 1),
             base,
         )
         parts = parts[:-4]
@@ -92,7 +95,21 @@ def _layer(body: str) -> LayerSpec:
     source = _source(group, parts[:-2])
     visible = _int(group, "visible", parts[-2], 0, 2**31 - 1)
     opacity = _int(group, "opacity", parts[-1], 0, 100)
-    return LayerSpec(source, visible, opacity, *diff)
+    return LayerSpec(source, visible, opacity, *diff, _options(group, *diff))
+
+
+_NAMES = {"difference": "difference", "diff_count": "diffCount", "diff_time": "diffTime"}
+
+
+def _options(group: str, mode: int, count: int, unit: int, base: str) -> Difference | None:
+    try:
+        base_us = times.parse(base) if base and mode == BASE else None
+        return options(mode, count, unit, base_us)
+    except ValueError as e:  # an impossible date such as 2024-02-30
+        raise InvalidArgument(f"layer {group}: baseDiffTime: {e}", field="layers") from None
+    except InvalidArgument as e:
+        name = _NAMES.get(e.field or "", "baseDiffTime")
+        raise InvalidArgument(f"layer {group}: {name}: {e.message}", field="layers") from None
 
 
 def parse_layers(text: str, *, max_layers: int = MAX_LAYERS) -> tuple[LayerSpec, ...]:

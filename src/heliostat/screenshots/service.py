@@ -3,10 +3,15 @@
 ``take`` resolves each layer to an image — the one named, else the source's image closest to the
 requested time — composes them over the region and encodes the frame. A source without any image
 is reported in the result (``LayerUsed.image`` is None), not an error, as Helioviewer's client
-shows "no image for this layer". Every screenshot gets an id; encoded screenshots live in a cache
-bounded by total size and by age, and the request behind each id (with the images it used) is
-kept, so ``get`` re-renders the same picture once the bytes have been evicted. Overlays (labels,
-scale, watermark) are part of the request, so a re-rendered screenshot carries them too.
+shows "no image for this layer". A difference layer (running or base, heliostat.imaging.difference)
+also resolves its reference, the source's last image at or before the reference time; when there
+is none (the time is before the source's first image) the layer is reported with
+``missing_reference`` and left out of the picture, again rather than failing the whole
+screenshot, so the client can say which layer lacks data. Every screenshot gets an id; encoded
+screenshots live in a cache bounded by total size and by age, and the request behind each id
+(with the images and references it used) is kept, so ``get`` re-renders the same picture once
+the bytes have been evicted. Overlays (labels, scale, watermark) are part of the request, so a
+re-rendered screenshot carries them too.
 
 PNG and WebP keep transparency where no layer has data; JPEG is flattened on black.
 """
@@ -63,6 +68,8 @@ class LayerUsed:
     offset_us: int  # image time − requested time; 0 without an image
     reduce: int  # JPEG 2000 resolution reduction used
     drawn: bool  # False when the image lies outside the region (or there is none)
+    reference: ImageRecord | None = None  # a difference layer's reference image
+    missing_reference: bool = False  # a difference layer whose reference time has no image
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +88,7 @@ class Screenshot:
 class _Stored:
     request: ScreenshotRequest
     images: tuple[ImageRecord | None, ...]
+    references: tuple[ImageRecord | None, ...]  # per layer; None for plain layers
 
 
 def encode_rgba(rgba: npt.NDArray[np.uint8], fmt: Format, quality: int) -> bytes:
@@ -116,19 +124,13 @@ class ScreenshotService:
         self._shots: SizedLRU[str, Screenshot] = SizedLRU(cache_bytes, lambda s: len(s.data) + 512)
         self._requests: SizedLRU[str, _Stored] = SizedLRU(max_requests, lambda _: 1)
 
-    def _resolve(
-        self, request: ScreenshotRequest, image_ids: Sequence[int | None]
-    ) -> tuple[ImageRecord | None, ...]:
+    def _resolve(self, request: ScreenshotRequest, image_ids: Sequence[int | None]) -> _Stored:
         if len(image_ids) not in (0, len(request.layers)):
             raise InvalidArgument(
                 f"{len(image_ids)} image ids for {len(request.layers)} layers", field="image_ids"
             )
         out: list[ImageRecord | None] = []
         for i, layer in enumerate(request.layers):
-            if layer.difference:
-                raise InvalidArgument(
-                    f"layer {i}: difference images are not supported", field="layers"
-                )
             image_id = image_ids[i] if image_ids else None
             if image_id is None:
                 out.append(
@@ -144,25 +146,40 @@ class ScreenshotService:
                     field="image_ids",
                 )
             out.append(record)
-        return tuple(out)
+        references = []
+        for layer, image in zip(request.layers, out, strict=True):
+            ref = None
+            if layer.diff is not None and image is not None:
+                when = layer.diff.reference_time(image.time_us)
+                ref = self.catalog.closest(layer.source.id, when, "before")
+            references.append(ref)
+        return _Stored(request, tuple(out), tuple(references))
 
     def _render(self, shot_id: str, stored: _Stored) -> Screenshot:
         request = stored.request
+        resolved = list(zip(request.layers, stored.images, stored.references, strict=True))
+
+        def missing(layer: LayerSpec, image: ImageRecord | None, ref: ImageRecord | None) -> bool:
+            return layer.diff is not None and image is not None and ref is None
+
         inputs = [
-            LayerInput(image, layer.opacity)
-            for layer, image in zip(request.layers, stored.images, strict=True)
-            if image is not None
+            LayerInput(image, layer.opacity, reference=ref)
+            for layer, image, ref in resolved
+            if image is not None and not missing(layer, image, ref)
         ]
         frame = self.compositor.compose(inputs, request.region.viewport)
         placements = iter(frame.layers)
         used = []
-        for layer, image in zip(request.layers, stored.images, strict=True):
+        for layer, image, ref in resolved:
             if image is None:
                 used.append(LayerUsed(layer, None, 0, 0, False))
+            elif missing(layer, image, ref):
+                offset = image.time_us - request.time_us
+                used.append(LayerUsed(layer, image, offset, 0, False, missing_reference=True))
             else:
                 p = next(placements)
                 offset = image.time_us - request.time_us
-                used.append(LayerUsed(layer, image, offset, p.reduce, p.drawn))
+                used.append(LayerUsed(layer, image, offset, p.reduce, p.drawn, ref))
         labels = [
             ov.layer_label(u.layer.source.name, u.image.time_us if u.image else None) for u in used
         ]
@@ -208,7 +225,7 @@ class ScreenshotService:
         request = ScreenshotRequest(
             time_us, tuple(layers), region, fmt, quality, direction, overlays
         )
-        stored = _Stored(request, self._resolve(request, image_ids))
+        stored = self._resolve(request, image_ids)
         shot_id = secrets.token_urlsafe(12)
         shot = self._render(shot_id, stored)
         self._requests.put(shot_id, stored)

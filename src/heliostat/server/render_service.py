@@ -12,7 +12,9 @@ from typing import Any
 import grpc
 
 from heliostat.app import Heliostat
+from heliostat.catalog.records import ImageRecord
 from heliostat.errors import InvalidArgument
+from heliostat.imaging import difference
 from heliostat.imaging.tiles import Tile, tile_key
 from heliostat.screenshots import region
 from heliostat.screenshots.overlays import Overlays, ScaleType
@@ -34,14 +36,27 @@ DEFAULT_SCREENSHOT_QUALITY = 90
 WATERMARK_MIN_SIDE = 200
 
 
-def _message(tile: Tile) -> pb.Tile:
-    return pb.Tile(
+def _message(tile: Tile, reference: ImageRecord | None) -> pb.Tile:
+    msg = pb.Tile(
         data=tile.data,
         content_type=tile.content_type,
         width=tile.width,
         height=tile.height,
         reduce=tile.reduce,
     )
+    if reference is not None:
+        msg.reference_image_id = reference.id
+        msg.reference_date.CopyFrom(convert.to_timestamp(reference.time_us))
+    return msg
+
+
+def _difference(request: pb.GetTileRequest) -> difference.Difference | None:
+    base = (
+        convert.timestamp_us(request.base_diff_time, "base_diff_time")
+        if request.HasField("base_diff_time")
+        else None
+    )
+    return difference.options(request.difference, request.diff_count, request.diff_time, base)
 
 
 def _overlays(msg: pb.Overlays, roi: region.Region) -> Overlays:
@@ -81,6 +96,10 @@ def _screenshot(shot: Screenshot) -> pb.Screenshot:
             layer.image_id = used.image.id
             layer.date.CopyFrom(convert.to_timestamp(used.image.time_us))
             layer.offset.CopyFrom(convert.to_duration(used.offset_us))
+        if used.reference is not None:
+            layer.reference_image_id = used.reference.id
+            layer.reference_date.CopyFrom(convert.to_timestamp(used.reference.time_us))
+        layer.missing_reference = used.missing_reference
     return msg
 
 
@@ -95,20 +114,22 @@ class RenderService(render_pb2_grpc.RenderServiceServicer):
         if fmt is None:
             raise InvalidArgument(f"unknown format {request.format}", field="format")
         quality = request.quality or DEFAULT_QUALITY
+        diff = _difference(request)
         record = self.app.image(request.image_id, field="image_id")
+        ref = self.app.difference_reference(record, diff)
         hit = self.app.tiles.cached(
-            tile_key(record, request.x, request.y, request.image_scale, fmt, quality)
+            tile_key(record, request.x, request.y, request.image_scale, fmt, quality, ref)
         )
         if hit is not None:
-            return _message(hit)
+            return _message(hit, ref)
         tile = await offload(
             context,
             self.executor,
             lambda: self.app.tiles.render(
-                record, request.x, request.y, request.image_scale, fmt, quality
+                record, request.x, request.y, request.image_scale, fmt, quality, ref
             ),
         )
-        return _message(tile)
+        return _message(tile, ref)
 
     @handles_errors
     async def TakeScreenshot(
