@@ -68,6 +68,7 @@ def _serve_processes(args: argparse.Namespace, n: int) -> int:
            "--processes", "1", "--reuse-port"]  # fmt: skip
     if args.catalog:
         cmd += ["--catalog", args.catalog]
+    cmd += _delivery_args(args)
     if args.ingest:
         # Index once, before the workers start, rather than in every worker.
         _ingest(argparse.Namespace(archive=args.archive, catalog=args.catalog, paths=[],
@@ -98,6 +99,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     from heliostat.app import Heliostat
     from heliostat.server.main import serve
+    from heliostat.subscriptions.drivers import DriverSettings
+    from heliostat.subscriptions.lifecycle import RetryPolicy
 
     n = args.processes or profile(args.profile).processes
     if n > 1:
@@ -107,10 +110,21 @@ def _serve(args: argparse.Namespace) -> int:
             return 2
         return _serve_processes(args, n)
     archive = Path(args.archive).resolve()
+    prof = profile(args.profile)
     app = Heliostat(
         archive,
-        profile=profile(args.profile),
+        profile=prof,
         catalog_path=Path(args.catalog) if args.catalog else None,
+        delivery=DriverSettings(
+            action_workers=prof.delivery_workers,
+            lease_s=args.delivery_lease,
+            retention_s=args.delivery_retention,
+            retry=RetryPolicy(base_s=args.retry_base, horizon_s=args.retry_horizon),
+        ),
+        pool_root=Path(args.pool_root).resolve() if args.pool_root else None,
+        distribution_root=Path(args.distribution_root).resolve()
+        if args.distribution_root
+        else None,
     )
     # Built before the initial ingest, so that a missing incoming folder fails fast.
     watcher = app.watch(Path(args.watch), rescan_s=args.rescan) if args.watch else None
@@ -178,6 +192,32 @@ def _jp2gen(args: argparse.Namespace) -> int:
         f"failed {len(report.failed)} in {report.seconds:.1f} s"
     )
     return 1 if report.failed else 0
+
+
+_DELIVERY_OPTIONS = (
+    ("--pool-root", str, None, "data-pool folders (default ARCHIVE/.heliostat/pool)"),
+    ("--distribution-root", str, None,
+     "distribution destinations (default ARCHIVE/.heliostat/distribution)"),
+    ("--delivery-lease", float, 60.0, "seconds a delivery worker holds an action"),
+    ("--retry-base", float, 5.0, "first retry delay, seconds (doubling, jittered)"),
+    ("--retry-horizon", float, 3 * 86400.0, "seconds of retries before a dead letter"),
+    ("--delivery-retention", float, 7 * 86400.0, "seconds finished actions are kept"),
+)  # fmt: skip
+
+
+def _delivery_options(p: argparse.ArgumentParser) -> None:
+    for flag, kind, default, text in _DELIVERY_OPTIONS:
+        p.add_argument(flag, type=kind, default=default, help=text)
+
+
+def _delivery_args(args: argparse.Namespace) -> list[str]:
+    """The delivery options given, as arguments for a worker process."""
+    out = []
+    for flag, _, default, _ in _DELIVERY_OPTIONS:
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value != default:
+            out += [flag, str(value)]
+    return out
 
 
 def _watch_options(p: argparse.ArgumentParser) -> None:
@@ -260,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--processes", type=int, default=0, help="server processes (default: profile)")
     s.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     _watch_options(s)
+    _delivery_options(s)
     s.set_defaults(func=_serve)
 
     i = sub.add_parser("ingest", help="index JP2 files and folders into the catalog")

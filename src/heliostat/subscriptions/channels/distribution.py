@@ -35,12 +35,12 @@ class DistributionChannel:
         params = dict(a.action.params)
         if a.event.type == "delete":
             return Result("delivered", "nothing to distribute for a delete")
+        if params["media"] == "ftp" and self.ftp is None:
+            return Result("failed", "FTP push is not configured")
         source = files.granule_file(self.archive_root, a.event.granule)
         if source is None:
             return Result("failed", f"granule {a.event.granule!r} is not a file in the archive")
-        if params["media"] == "ftp":
-            if self.ftp is None:
-                return Result("failed", "FTP push is not configured")
+        if self.ftp is not None and params["media"] == "ftp":
             return await self.ftp.push(source, params["destination"], source.name)
         folder = (self.destination_root / params["destination"]).resolve()
         if not folder.is_relative_to(self.destination_root):  # validated at subscription too
