@@ -189,12 +189,16 @@ class Drivers:
         keys = [x.state.key for x in leased]
         actions = await self._run(lambda: self.service.store.actions_at(keys))
         by_kind: dict[ActionKind, list[tuple[Leased, Delivery]]] = defaultdict(list)
-        results: list[tuple[Leased, Result, float]] = []
+        gone: list[tuple[Leased, Result, float]] = []  # removed meanwhile: nothing to deliver
         for x, a in zip(leased, actions, strict=True):
-            if a is None:  # removed meanwhile: nothing left to deliver
-                results.append((x, Result("failed", "the action no longer exists"), 0.0))
+            if a is None:
+                gone.append((x, Result("failed", "the action no longer exists"), 0.0))
                 continue
             by_kind[x.state.kind].append((x, Delivery(a, x.attempt, subs.get(a.subscription_id))))
+        if gone:
+            await self._record(gone, worker)
+        # Each kind's results are recorded as soon as its channel answers: a slow channel does
+        # not hold back (or outlive the leases of) the others.
         for kind, items in by_kind.items():
             t1 = time.perf_counter()
             try:
@@ -205,10 +209,14 @@ class Drivers:
                 out = [Result("retry", f"channel error: {e!r}")] * len(items)
             took = time.perf_counter() - t1
             self.stats.time(f"delivery.{kind}", took, len(items))
-            results += [(x, r, took) for (x, _), r in zip(items, out, strict=True)]
-        t2 = time.perf_counter()
-        recorded = await self._run(lambda: self.ledger.record(results, now_us(), s.retry, worker))
-        self.stats.time("result", time.perf_counter() - t2, len(results))
+            await self._record([(x, r, took) for (x, _), r in zip(items, out, strict=True)], worker)
+        return len(leased)
+
+    async def _record(self, results: list[tuple[Leased, Result, float]], worker: str) -> None:
+        t0 = time.perf_counter()
+        retry = self.settings.retry
+        recorded = await self._run(lambda: self.ledger.record(results, now_us(), retry, worker))
+        self.stats.time("result", time.perf_counter() - t0, len(results))
         gone = []
         for (x, r, _), rec in zip(results, recorded, strict=True):
             if r.outcome in _COUNTED:
@@ -220,7 +228,6 @@ class Drivers:
                 gone.append((x, r))
         if gone:
             await self._run(lambda: self._disable(gone))
-        return len(leased)
 
     def _subscriptions(self, leased: Sequence[Leased]) -> dict[int, Subscription]:
         out = {}
