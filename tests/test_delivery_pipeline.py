@@ -285,3 +285,43 @@ def test_drivers_as_tasks_deliver_and_drain(svc: SubscriptionService) -> None:
     assert {"match", "record", "queue_wait", "lease", "delivery.email", "result"} <= set(
         snap.stages
     )
+
+
+class Hang:
+    """A receiver that never answers."""
+
+    def __init__(self, kind: ActionKind) -> None:
+        self.kind = kind
+        self.started = 0
+
+    async def deliver(self, batch: Sequence[Delivery]) -> list[Result]:
+        self.started += len(batch)
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    async def close(self) -> None:
+        pass
+
+
+def test_stop_past_grace_keeps_in_flight_leased_and_releases_the_rest(
+    svc: SubscriptionService,
+) -> None:
+    subscribe(svc, ALICE, Action("webhook", (("url", "http://example.org/h"),)), EMAIL)
+    publish(svc, 2)
+    hang, mail = Hang("webhook"), Flaky("email", fails=0)
+    settings = DriverSettings(action_workers=1, poll_s=0.01, lease_s=30.0)
+    d = Drivers(svc, [hang, mail], settings, name="t")
+
+    async def go() -> None:
+        await d.start()
+        while not hang.started:
+            await asyncio.sleep(0.01)
+        await d.stop(grace=0.2)
+
+    asyncio.run(go())
+    assert hang.started == 2 and mail.delivered == []
+    states = {a.id: svc.ledger.state(key_of(a)) for a in svc.actions(OP, "", 10)}
+    by_kind = {(s.kind, s.state) for s in states.values() if s is not None}
+    # In the hung receiver's hands: leased until expiry. Never handed over: back in the queue.
+    assert by_kind == {("webhook", "leased"), ("email", "pending")}
+    assert svc.delivery_stats().counters["released"] == 2

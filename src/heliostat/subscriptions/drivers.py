@@ -40,7 +40,7 @@ class DriverSettings:
     action_workers: int = 2
     batch: int = 64  # actions leased per transaction
     lease_s: float = 60.0  # a worker silent this long has stalled: its actions are re-queued
-    poll_s: float = 0.05  # how often the event driver looks for new actions when idle
+    poll_s: float = 0.02  # how often the event driver looks for new actions when idle
     recovery_interval_s: float = 5.0
     deletion_interval_s: float = 60.0
     retention_s: float = 7 * 86400.0  # finished actions (and their events) kept this long
@@ -189,27 +189,39 @@ class Drivers:
         keys = [x.state.key for x in leased]
         actions = await self._run(lambda: self.service.store.actions_at(keys))
         by_kind: dict[ActionKind, list[tuple[Leased, Delivery]]] = defaultdict(list)
-        gone: list[tuple[Leased, Result, float]] = []  # removed meanwhile: nothing to deliver
+        missing: list[tuple[Leased, Result, float]] = []  # removed meanwhile: nothing to do
         for x, a in zip(leased, actions, strict=True):
             if a is None:
-                gone.append((x, Result("failed", "the action no longer exists"), 0.0))
+                missing.append((x, Result("failed", "the action no longer exists"), 0.0))
                 continue
             by_kind[x.state.kind].append((x, Delivery(a, x.attempt, subs.get(a.subscription_id))))
-        if gone:
-            await self._record(gone, worker)
+        if missing:
+            await self._record(missing, worker)
         # Each kind's results are recorded as soon as its channel answers: a slow channel does
         # not hold back (or outlive the leases of) the others.
-        for kind, items in by_kind.items():
-            t1 = time.perf_counter()
-            try:
-                out = await self.channels[kind].deliver([d for _, d in items])
-                if len(out) != len(items):
-                    raise RuntimeError(f"{kind} channel answered {len(out)} of {len(items)}")
-            except Exception as e:  # a channel bug is a transient failure of its receiver
-                out = [Result("retry", f"channel error: {e!r}")] * len(items)
-            took = time.perf_counter() - t1
-            self.stats.time(f"delivery.{kind}", took, len(items))
-            await self._record([(x, r, took) for (x, _), r in zip(items, out, strict=True)], worker)
+        todo = list(by_kind.items())
+        try:
+            while todo:
+                kind, items = todo[0]
+                t1 = time.perf_counter()
+                try:
+                    out = await self.channels[kind].deliver([d for _, d in items])
+                    if len(out) != len(items):
+                        raise RuntimeError(f"{kind} channel answered {len(out)} of {len(items)}")
+                except Exception as e:  # a channel bug is a transient failure of its receiver
+                    out = [Result("retry", f"channel error: {e!r}")] * len(items)
+                todo.pop(0)
+                took = time.perf_counter() - t1
+                self.stats.time(f"delivery.{kind}", took, len(items))
+                results = [(x, r, took) for (x, _), r in zip(items, out, strict=True)]
+                await self._record(results, worker)
+        except asyncio.CancelledError:
+            # Stopped past the grace: give back what no channel has seen; what one is holding
+            # stays leased until its lease expires (its outcome is unknown).
+            unseen = [x for _, items in todo[1:] for x, _ in items]
+            if unseen:
+                self.stats.count("released", self.ledger.release(unseen, now_us()))
+            raise
         return len(leased)
 
     async def _record(self, results: list[tuple[Leased, Result, float]], worker: str) -> None:
