@@ -76,6 +76,11 @@ def test_datapool_refuses_what_is_not_an_archive_file(archive: Path, tmp_path: P
     )
     assert [r.outcome for r in results] == ["failed", "failed"]
     assert not (tmp_path / "pool" / "flares" / "secret.txt").exists()
+    # A link inside the archive is the archive's business: followed.
+    (archive / "linked.jp2").symlink_to(archive / GRANULE)
+    (r,) = asyncio.run(ch.deliver([delivery(POOL, "linked.jp2")]))
+    assert r.outcome == "delivered"
+    assert (tmp_path / "pool" / "flares" / "linked.jp2").read_bytes() == AIA_171[0].read_bytes()
 
 
 def test_datapool_unwritable_pool_is_retried(archive: Path, tmp_path: Path) -> None:
@@ -134,4 +139,4 @@ def test_ftp_goes_to_the_pusher_or_fails_without_one(archive: Path, tmp_path: Pa
     pusher = Recorder()
     (r,) = asyncio.run(DistributionChannel(archive, tmp_path, pusher).deliver([delivery(ftp)]))
     assert r.detail == "226 Transfer complete"
-    assert pusher.pushed == [((archive / GRANULE).resolve(), "ftp://host/in", AIA_171[0].name)]
+    assert pusher.pushed == [(archive.resolve() / GRANULE, "ftp://host/in", AIA_171[0].name)]

@@ -240,8 +240,9 @@ def _status_out(st: ActionState) -> pb.ActionStatus:
 def _attempt_out(a: Attempt) -> pb.DeliveryAttempt:
     outcome = _OUTCOMES.get(a.outcome, pb.DELIVERY_OUTCOME_UNSPECIFIED)
     return pb.DeliveryAttempt(
-        number=a.number, time=to_timestamp(a.time_us), outcome=outcome, detail=a.detail
-    )
+        number=a.number, time=to_timestamp(a.time_us), outcome=outcome, detail=a.detail,
+        worker=a.worker,
+    )  # fmt: skip
 
 
 def _page_token(after: int) -> str:

@@ -124,6 +124,7 @@ class Attempt:
     outcome: str
     detail: str
     seconds: float  # the channel's time for the batch it was in
+    worker: str  # the driver that made it (host:pid:n)
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +180,9 @@ class Ledger:
             while found and cur.key()[:18] == key:
                 d = json.loads(cur.value())
                 out.append(
-                    Attempt(_ATTEMPT.unpack(cur.key()[18:])[0], d["t"], d["o"], d["d"], d["s"])
+                    Attempt(
+                        _ATTEMPT.unpack(cur.key()[18:])[0], d["t"], d["o"], d["d"], d["s"], d["w"]
+                    )
                 )
                 found = cur.next()
             return out

@@ -21,8 +21,9 @@ SIDECAR = ".json"
 
 
 def granule_file(archive_root: Path, granule: str) -> Path | None:
-    """The file a granule names (a path relative to the archive root), if it lies inside it."""
-    path = (archive_root / granule).resolve()
+    """The file a granule names (a path relative to the archive root), if it lies inside it.
+    Checked by name, not by resolving links: an archive may link to files kept elsewhere."""
+    path = Path(os.path.normpath(archive_root / granule))
     if not path.is_relative_to(archive_root) or not path.is_file():
         return None
     return path
