@@ -206,19 +206,30 @@ def test_expired_lease_is_requeued_and_delivered_never_repeats(svc: Subscription
     stalled = ledger.lease(["email"], 10, time.time_ns() // 1000, "dead-worker", 0.05)
     assert len(stalled) == 3
     now = time.time_ns() // 1000
-    ledger.record([(stalled[0], Result("delivered", "ok"), 0.0)], now, RetryPolicy(), "dead")
+    dead = "dead-worker"
+    ledger.record([(stalled[0], Result("delivered", "ok"), 0.0)], now, RetryPolicy(), dead)
     assert ledger.lease(["email"], 10, now, "w2", 0.05) == []  # still leased
     assert d.recover() is False and svc.delivery_stats().counters["requeued"] == 0
     time.sleep(0.06)
+    assert svc.delivery_stats().depths["lease_expired"] == 2
     d.recover()
     assert svc.delivery_stats().counters["requeued"] == 2
-    run_until(d, lambda: len(ch.delivered) == 2)
-    first = stalled[0].state.id
-    assert first not in ch.delivered
+    # Re-leased by another worker: a late retry from the stalled one leaves it to the holder.
+    now = time.time_ns() // 1000
+    again, other = ledger.lease(["email"], 10, now, "w2", 30.0)
+    ledger.record([(stalled[1], Result("retry", "late"), 0.0)], now, RetryPolicy(), dead)
+    st = ledger.state(again.state.key)
+    assert st is not None and (st.state, st.lease_owner) == ("leased", "w2")
+    ledger.record([(again, Result("delivered", "ok"), 0.0)], now, RetryPolicy(), "w2")
+    assert ledger.release([other], now) == 1  # given back unseen: the drivers deliver it
+    run_until(d, lambda: len(ch.delivered) == 1)
+    assert stalled[0].state.id not in ch.delivered and again.state.id not in ch.delivered
     # A late answer from the stalled worker changes nothing once delivered.
-    ledger.record([(stalled[1], Result("retry", "late"), 0.0)], now, RetryPolicy(), "dead")
+    ledger.record([(stalled[1], Result("retry", "late"), 0.0)], now, RetryPolicy(), dead)
     st = ledger.state(stalled[1].state.key)
     assert st is not None and st.state == "delivered"
+    log = [a.outcome for a in ledger.attempts(stalled[1].state.key)]
+    assert log == ["retry", "delivered", "retry"]
     assert asyncio.run(d.deliver_once("w")) == 0
 
 

@@ -212,8 +212,9 @@ class Ledger:
         return self._db.read(read)
 
     def depths(self, now_us: int) -> dict[str, int]:
-        """Queue depths: pending (and due now) per kind, leased, dead letters, and the actions
-        recorded but not yet tailed."""
+        """Queue depths: the event driver's (recorded, not yet tailed), the action driver's
+        (pending and due now, per kind; leased), the recovery driver's (leases expired), the
+        deletion driver's (finished, kept until old), and the dead letters."""
 
         def read(txn: Txn) -> dict[str, int]:
             out: dict[str, int] = {}
@@ -231,6 +232,13 @@ class Ledger:
                 out[f"pending.{kind}"] = pending
                 out[f"due.{kind}"] = due
             out["leased"] = txn.stat(self._leases)["entries"]
+            expired = 0
+            cur = txn.cursor(self._leases)
+            found = cur.first()
+            while found and _T.unpack(cur.key()[:8])[0] <= now_us:
+                expired += 1
+                found = cur.next()
+            out["lease_expired"] = expired  # the recovery driver's queue
             out["dead_letters"] = txn.stat(self._dead)["entries"]
             out["finished"] = txn.stat(self._done)["entries"]
             return out
@@ -312,7 +320,9 @@ class Ledger:
     ) -> list[Recorded]:
         """Log each attempt and move its action on: delivered; retry after a backoff (failed
         past the horizon); failed into the dead letters; gone → disabled. A result for an
-        action already finished (another lease delivered it) is logged and changes nothing."""
+        action already finished (another lease delivered it), or re-leased by another worker
+        after this one's lease expired, is logged and changes nothing (unless it was delivered:
+        then it is never handed to a channel again)."""
 
         def write(txn: Txn) -> list[Recorded]:
             out = []
@@ -327,15 +337,18 @@ class Ledger:
         policy: RetryPolicy, worker: str,
     ) -> Recorded:  # fmt: skip
         k = leased.state.key
-        n = min(leased.attempt, MAX_ATTEMPTS)
         log = {"t": now_us, "o": r.outcome, "d": r.detail[:2000], "s": seconds, "w": worker}
         raw = txn.get(k, db=self._state)
         if raw is None:
             return Recorded(None)  # deleted meanwhile
+        # Numbered by the log, not the lease: two workers may hold it in turn (lease expiry).
+        n = min(self._logged(txn, k) + 1, MAX_ATTEMPTS)
         txn.put(k + _ATTEMPT.pack(n), _dumps(log), db=self._log)
         st = ActionState.from_json(k, raw)
         if st.state in FINISHED:
             return Recorded(st.state)
+        if st.state == "leased" and st.lease_owner != worker and r.outcome != "delivered":
+            return Recorded(st.state)  # re-leased after ours expired: the holder decides
         self._index(txn, st, False)
         state: State
         dead = False
@@ -364,6 +377,14 @@ class Ledger:
         else:
             txn.put(_T.pack(now_us) + k, b"", db=self._done)
         return Recorded(state, dead=dead, gone=state == "disabled")
+
+    def _logged(self, txn: Txn, key: bytes) -> int:
+        """The number of the last attempt logged for an action (0: none)."""
+        cur = txn.cursor(self._log)
+        found = cur.set_range(key + b"\xff\xff") and cur.prev() or cur.last()
+        if found and cur.key()[:18] == key:
+            return int(_ATTEMPT.unpack(cur.key()[18:])[0])
+        return 0
 
     def release(self, leased: Sequence[Leased], now_us: int) -> int:
         """Give back leases never handed to a channel (a draining server): pending again, due
