@@ -381,7 +381,7 @@ class Ledger:
     def _logged(self, txn: Txn, key: bytes) -> int:
         """The number of the last attempt logged for an action (0: none)."""
         cur = txn.cursor(self._log)
-        found = cur.set_range(key + b"\xff\xff") and cur.prev() or cur.last()
+        found = (cur.set_range(key + b"\xff\xff") and cur.prev()) or cur.last()
         if found and cur.key()[:18] == key:
             return int(_ATTEMPT.unpack(cur.key()[18:])[0])
         return 0
