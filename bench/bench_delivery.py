@@ -16,6 +16,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -23,10 +24,12 @@ from harness import Report
 
 from heliostat.subscriptions.auth import Principal
 from heliostat.subscriptions.channels import files
+from heliostat.subscriptions.channels.base import Delivery, Result
 from heliostat.subscriptions.channels.datapool import DataPoolChannel
 from heliostat.subscriptions.drivers import Drivers, DriverSettings
 from heliostat.subscriptions.model import (
     Action,
+    ActionKind,
     Box,
     Collection,
     GranuleEvent,
@@ -36,6 +39,18 @@ from heliostat.subscriptions.model import (
 from heliostat.subscriptions.service import SubscriptionService
 
 OP = Principal("ops", operator=True)
+
+
+class Accept:
+    """A receiver that accepts at once: isolates what the ledger and drivers cost."""
+
+    kind: ActionKind = "datapool"
+
+    async def deliver(self, batch: Sequence[Delivery]) -> list[Result]:
+        return [Result("delivered", "accepted")] * len(batch)
+
+    async def close(self) -> None:
+        pass
 
 
 def granules(root: Path, n: int, kib: int) -> list[str]:
@@ -138,6 +153,22 @@ def main() -> None:
             svc.close()
         assert len(list((base / "pool" / "pool").glob("*.json"))) == n + 50
 
+        # The ledger's own ceiling: the same pipeline with a receiver that accepts at once.
+        svc = SubscriptionService(base / "subs2")
+        try:
+            svc.create_collection(OP, Collection("MODIS", "6", "geographic"))
+            svc.create(
+                Principal("alice"),
+                Subscription(0, "", "MODIS.6", frozenset({"insert"}),
+                             actions=(Action("datapool", (("pool", "pool"),)),)),
+            )  # fmt: skip
+            m = 4 * n
+            for i in range(0, m, 500):
+                svc.publish(OP, [event(f"x{k}") for k in range(i, i + 500)])
+            ceiling = m / asyncio.run(drain(Drivers(svc, [Accept()], settings), svc, m))
+        finally:
+            svc.close()
+
     report.add("bare copy loop", bare, "files/s")
     report.add("datapool placement loop (no ledger)", placed, "actions/s",
                baseline_name="bare copy loop", baseline_value=bare)  # fmt: skip
@@ -145,6 +176,8 @@ def main() -> None:
     report.add("delivered through the pipeline", rate, "actions/s",
                baseline_name="datapool placement loop", baseline_value=placed,
                stages=stages)  # fmt: skip
+    report.add("ledger ceiling (a receiver that accepts at once)", ceiling, "actions/s",
+               baseline_name="delivered through the pipeline", baseline_value=rate)  # fmt: skip
     st = snap.stages
     lease_ms = st["lease"].mean_s * 1e3
     result_ms = st["result"].mean_s * 1e3
