@@ -336,3 +336,16 @@ def test_stop_past_grace_keeps_in_flight_leased_and_releases_the_rest(
     # In the hung receiver's hands: leased until expiry. Never handed over: back in the queue.
     assert by_kind == {("webhook", "leased"), ("email", "pending")}
     assert svc.delivery_stats().counters["released"] == 2
+
+
+def test_a_kinds_backlog_does_not_starve_the_others(svc: SubscriptionService) -> None:
+    subscribe(svc, ALICE, EMAIL, EMAIL, EMAIL)
+    subscribe(svc, BOB, Action("webhook", (("url", "http://example.org/h"),)))
+    publish(svc, 4)  # 12 e-mails queued before 4 webhook posts
+    d = drivers(svc, Flaky("email", fails=0))
+    d.tail()
+    now = time.time_ns() // 1000
+    kinds = [x.state.kind for x in svc.ledger.lease(["email", "webhook"], 6, now, "w", 30.0)]
+    assert sorted(kinds) == ["email"] * 3 + ["webhook"] * 3
+    kinds = [x.state.kind for x in svc.ledger.lease(["email", "webhook"], 6, now, "w", 30.0)]
+    assert sorted(kinds) == ["email"] * 5 + ["webhook"]  # the rest fills from any

@@ -30,14 +30,13 @@ import random
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 from heliostat.subscriptions.channels.base import Result
 from heliostat.subscriptions.model import ACTION_KINDS, ActionKind, MatchedAction
 from heliostat.subscriptions.store import SubscriptionStore
 
 State = Literal["pending", "leased", "delivered", "failed", "disabled"]
-STATES: tuple[State, ...] = get_args(State)
 FINISHED: frozenset[State] = frozenset({"delivered", "failed", "disabled"})
 _DBS = (b"dl_state", b"dl_due", b"dl_leases", b"dl_log", b"dl_dead", b"dl_done", b"dl_meta")
 _CURSOR = b"cursor"
@@ -281,35 +280,48 @@ class Ledger:
     def lease(
         self, kinds: Sequence[ActionKind], limit: int, now_us: int, worker: str, lease_s: float
     ) -> list[Leased]:
-        """Lease up to limit pending actions of these kinds that are due, oldest due first."""
+        """Lease up to limit pending actions of these kinds that are due, oldest due first
+        within a kind; each kind gets an equal share first, so that one kind's backlog does not
+        starve the others, then the rest fills from any."""
 
         def write(txn: Txn) -> list[Leased]:
             out: list[Leased] = []
             until = now_us + int(lease_s * US)
-            cur = txn.cursor(self._due)
-            for kind in kinds:
-                prefix = bytes([_KIND_NO[kind]])
-                found = cur.set_range(prefix)
-                todo: list[bytes] = []
-                while found and len(out) + len(todo) < limit:
-                    k = cur.key()
-                    if k[:1] != prefix or _T.unpack(k[1:9])[0] > now_us:
-                        break
-                    todo.append(k)
-                    found = cur.next()
-                for k in todo:
-                    raw = txn.get(k[9:], db=self._state)
-                    assert raw is not None, "a queued action has a state"
-                    st = ActionState.from_json(k[9:], raw)
-                    self._index(txn, st, False)
-                    new = ActionState(st.key, st.kind, st.owner, "leased", st.attempts, until,
-                                      worker, st.created_us, now_us, st.detail)  # fmt: skip
-                    txn.put(st.key, new.to_json(), db=self._state)
-                    self._index(txn, new, True)
-                    out.append(Leased(new, st.due_us))
+            share = max(1, limit // max(1, len(kinds)))
+            for cap in (share, limit):
+                for kind in kinds:
+                    room = min(cap, limit - len(out))
+                    if room > 0:
+                        out += self._lease_kind(txn, kind, room, now_us, until, worker)
             return out
 
         return self._db.write(write)
+
+    def _lease_kind(
+        self, txn: Txn, kind: ActionKind, n: int, now_us: int, until: int, worker: str
+    ) -> list[Leased]:
+        prefix = bytes([_KIND_NO[kind]])
+        cur = txn.cursor(self._due)
+        found = cur.set_range(prefix)
+        todo: list[bytes] = []
+        while found and len(todo) < n:
+            k = cur.key()
+            if k[:1] != prefix or _T.unpack(k[1:9])[0] > now_us:
+                break
+            todo.append(k)
+            found = cur.next()
+        out = []
+        for k in todo:
+            raw = txn.get(k[9:], db=self._state)
+            assert raw is not None, "a queued action has a state"
+            st = ActionState.from_json(k[9:], raw)
+            self._index(txn, st, False)
+            new = ActionState(st.key, st.kind, st.owner, "leased", st.attempts, until, worker,
+                              st.created_us, now_us, st.detail)  # fmt: skip
+            txn.put(st.key, new.to_json(), db=self._state)
+            self._index(txn, new, True)
+            out.append(Leased(new, st.due_us))
+        return out
 
     def record(
         self,

@@ -324,9 +324,9 @@ class SubscriptionService:
         if len(action_ids) > MAX_PAGE:
             raise InvalidArgument(f"at most {MAX_PAGE} per call", field="ids")
         keys = [self._key(a, f"ids[{i}]") for i, a in enumerate(action_ids)]
-        done = self.ledger.replay(keys, None if who.operator else who.owner, now_us())
+        done = set(self.ledger.replay(keys, None if who.operator else who.owner, now_us()))
         self.stats.count("replayed", len(done))
-        return [a for a, k in zip(action_ids, keys, strict=True) if k in set(done)]
+        return [a for a, k in zip(action_ids, keys, strict=True) if k in done]
 
     def delivery_stats(self) -> PipelineCounts:
         depths = self.ledger.depths(now_us())
