@@ -8,7 +8,9 @@
 - deletion driver: removes finished actions older than the retention, their attempt logs first,
   in bounded transactions; a failed pass is counted and retried on the next.
 
-LMDB calls block (a durable commit is an fsync), so they run on a small executor of their own.
+Only kinds with a channel are leased: actions of another kind wait, pending, until a server with
+that channel runs. LMDB calls block (a durable commit is an fsync), so they run on a small
+executor of their own. The event driver polls (``poll_s``) for new actions.
 Stopping drains: no new leases, the batches in flight are delivered and recorded; whatever
 is still leased after the grace stays leased until its lease expires.
 """
