@@ -123,8 +123,10 @@ class Drivers:
 
     def tail(self) -> int:
         """Queue the actions recorded since the last pass; returns how many were read."""
+        t0 = time.perf_counter()
         n = self.ledger.tail(TAIL_BATCH, now_us())
         if n:
+            self.stats.time("tail", time.perf_counter() - t0, n)
             self.stats.count("actions_queued", n)
             self._loop_wake()
         return n

@@ -251,29 +251,27 @@ class Ledger:
     def tail(self, limit: int, now_us: int) -> int:
         """Queue the next recorded actions after the cursor (watch actions are streamed by their
         own RPC, so they only start their retention here); returns how many were read."""
-        actions = self.store.actions_after(self.cursor(), limit, None)
-        if not actions:
+        heads = self.store.action_heads_after(self.cursor(), limit)
+        if not heads:
             return 0
 
         def write(txn: Txn) -> None:
             done = txn.get(_CURSOR, db=self._meta) or b""
-            for a in actions:
-                k = key_of(a)
+            for k, owner, kind in heads:
                 if k <= done:
                     continue  # another process tailed it first
-                if a.action.kind == "watch":
+                if kind == "watch":
                     txn.put(_T.pack(now_us) + k, b"", db=self._done)
                     continue
-                st = ActionState(k, a.action.kind, a.owner, "pending", 0, now_us, "", now_us,
-                                 now_us, "")  # fmt: skip
+                st = ActionState(k, kind, owner, "pending", 0, now_us, "", now_us, now_us, "")
                 if txn.put(k, st.to_json(), overwrite=False, db=self._state):
                     self._index(txn, st, True)
-            last = key_of(actions[-1])
+            last = heads[-1][0]
             if last > done:
                 txn.put(_CURSOR, last, db=self._meta)
 
         self._db.write(write)
-        return len(actions)
+        return len(heads)
 
     # -- the action driver: lease, then record results ------------------------------------------
 

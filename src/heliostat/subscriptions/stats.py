@@ -1,8 +1,8 @@
 """Running statistics of the subscription pipeline, per process, safe to share across threads.
 
-Stages: ``match`` and ``record`` (per event, timed by the service), ``queue_wait`` (due to
-leased, per action), ``lease`` and ``result`` (the ledger's transactions, per action) and
-``delivery.<kind>`` (the channel's time, per action).
+Stages: ``match`` and ``record`` (per event, timed by the service), ``tail`` (recorded action
+into the queue), ``queue_wait`` (due to leased), ``lease`` and ``result`` (the ledger's
+transactions) and ``delivery.<kind>`` (the channel's time), all per action.
 """
 
 from __future__ import annotations

@@ -39,6 +39,7 @@ from heliostat.lmdbenv import LmdbEnv
 from heliostat.subscriptions.matching import ROW, AttrRow, attr_row, index_row
 from heliostat.subscriptions.model import (
     Action,
+    ActionKind,
     Collection,
     GranuleEvent,
     MatchedAction,
@@ -430,6 +431,27 @@ class SubscriptionStore:
         kind, params = json.loads(raw[sep + 1 :])[k]
         action = Action(kind, tuple(sorted(params.items())))
         return MatchedAction(eid, sid, k, raw[1:sep].decode(), action, events[eid])
+
+    def action_heads_after(self, after: bytes, limit: int) -> list[tuple[bytes, str, ActionKind]]:
+        """(key, owner, kind) of up to limit actions with keys above ``after``: what a queue
+        needs, without decoding events (actions_after's order)."""
+
+        def read(txn: _Txn) -> list[tuple[bytes, str, ActionKind]]:
+            out: list[tuple[bytes, str, ActionKind]] = []
+            lists: dict[bytes, tuple[str, list[Any]]] = {}  # one decode per action list
+            cur = txn.cursor(self._actions)
+            found = cur.set_range(after + b"\0" if after else b"")
+            while found and len(out) < limit:
+                key, raw = cur.item()
+                if raw not in lists:
+                    sep = raw.index(b"\0")
+                    lists[raw] = (raw[1:sep].decode(), json.loads(raw[sep + 1 :]))
+                owner, actions = lists[raw]
+                out.append((key, owner, actions[_ACTION_KEY.unpack(key)[2]][0]))
+                found = cur.next()
+            return out
+
+        return self._db.read(read)
 
     def count_actions_after(self, after: bytes, cap: int) -> int:
         """How many actions have keys above ``after`` (counted up to cap)."""
