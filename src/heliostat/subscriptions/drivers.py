@@ -69,16 +69,24 @@ class Drivers:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
         self._work = asyncio.Event()  # new actions were queued
+        self._recorded = asyncio.Event()  # this process recorded events: tail now
         self._loop_ref: asyncio.AbstractEventLoop | None = None
+        self._unhook: Callable[[], None] | None = None
 
     async def _run(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
     async def start(self) -> None:
         s = self.settings
-        self._loop_ref = asyncio.get_running_loop()
+        self._loop_ref = loop = asyncio.get_running_loop()
+
+        def recorded() -> None:
+            loop.call_soon_threadsafe(self._recorded.set)
+
+        # Events recorded here are tailed at once; those of other processes within poll_s.
+        self._unhook = self.service.on_record(recorded)
         self._tasks = [
-            asyncio.create_task(self._loop("event", self._tail, s.poll_s)),
+            asyncio.create_task(self._loop("event", self._tail, s.poll_s, self._recorded)),
             asyncio.create_task(self._loop("recovery", self.recover, s.recovery_interval_s)),
             asyncio.create_task(
                 self._loop("deletion", self.delete_finished, s.deletion_interval_s)
@@ -91,8 +99,12 @@ class Drivers:
 
     async def stop(self, grace: float = 10.0) -> None:
         """Stop leasing, let the batches in flight finish (up to grace seconds), then stop."""
+        if self._unhook is not None:
+            self._unhook()
+            self._unhook = None
         self._stopping.set()
         self._work.set()
+        self._recorded.set()
         if self._tasks:
             _, pending = await asyncio.wait(self._tasks, timeout=grace)
             for t in pending:
@@ -102,9 +114,19 @@ class Drivers:
             await c.close()
         self._executor.shutdown(wait=True)
 
-    async def _loop(self, what: str, step: Callable[[], bool], interval: float) -> None:
-        """Run step every interval, at once again while it says more is waiting."""
+    async def _loop(
+        self,
+        what: str,
+        step: Callable[[], bool],
+        interval: float,
+        wake: asyncio.Event | None = None,
+    ) -> None:
+        """Run step every interval (or when woken), at once again while it says more is
+        waiting."""
+        wake = wake or self._stopping
         while not self._stopping.is_set():
+            if wake is not self._stopping:
+                wake.clear()
             try:
                 again = await self._run(step)
             except Exception as e:  # the state is durable: the next pass retries
@@ -114,7 +136,7 @@ class Drivers:
             if again:
                 continue  # more is waiting
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), interval)
+                await asyncio.wait_for(wake.wait(), interval)
 
     # -- steps (each one blocking call, run on the executor; public for tests) -----------------
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -89,6 +89,7 @@ class SubscriptionService:
             raise
         self._lock = threading.Lock()  # orders store writes with index updates
         self.stats = PipelineStats()
+        self._on_record: list[Callable[[], None]] = []
 
     def close(self) -> None:
         self.store.close()
@@ -260,7 +261,10 @@ class SubscriptionService:
             self.stats.time("match", t1 - t0, len(events))
             self.stats.time("record", time.perf_counter() - t1, len(events))
             self.stats.count("events", len(stored))
-            return stored
+        if stored:
+            for fn in self._on_record:
+                fn()
+        return stored
 
     def catalog_event(self, e: CatalogEvent) -> GranuleEvent | None:
         c = self._by_source.get(e.source_id)
@@ -290,6 +294,12 @@ class SubscriptionService:
         except ValueError:
             raise InvalidArgument("not an action id", field="after") from None
         return self.store.actions_after(key, limit or 100, None if who.operator else who.owner)
+
+    def on_record(self, fn: Callable[[], None]) -> Callable[[], None]:
+        """Call fn (from the recording thread) after each batch of events is recorded here;
+        returns what stops it."""
+        self._on_record.append(fn)
+        return lambda: self._on_record.remove(fn)
 
     # -- delivery state (the drivers are heliostat.subscriptions.drivers) -----------------------
 
