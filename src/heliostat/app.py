@@ -38,6 +38,13 @@ from heliostat.screenshots.layers import parse_layers
 from heliostat.screenshots.region import Region
 from heliostat.screenshots.service import Screenshot, ScreenshotService
 from heliostat.subscriptions import matching
+from heliostat.subscriptions.channels.base import Channel
+from heliostat.subscriptions.channels.datapool import DataPoolChannel
+from heliostat.subscriptions.channels.distribution import DistributionChannel
+from heliostat.subscriptions.channels.email import EmailChannel, EmailSettings
+from heliostat.subscriptions.channels.ftp import FtpPusher
+from heliostat.subscriptions.channels.webhook import WebhookChannel, WebhookSettings
+from heliostat.subscriptions.drivers import Drivers, DriverSettings
 from heliostat.subscriptions.service import CATALOG_CONSUMER, SubscriptionService
 
 Direction = Literal["nearest", "before", "after"]
@@ -81,7 +88,15 @@ def decode_page_token(token: str) -> tuple[int, int]:
 
 class Heliostat:
     def __init__(
-        self, archive_root: Path, *, profile: Profile, catalog_path: Path | None = None
+        self,
+        archive_root: Path,
+        *,
+        profile: Profile,
+        catalog_path: Path | None = None,
+        delivery: DriverSettings | None = None,
+        pool_root: Path | None = None,
+        distribution_root: Path | None = None,
+        email: EmailSettings | None = None,
     ) -> None:
         if not archive_root.is_dir():
             raise FileNotFoundError(f"archive folder {archive_root} does not exist")
@@ -112,6 +127,11 @@ class Heliostat:
         )
         self._ingest_lock = threading.Lock()
         self.ingest_stats = IngestStats()
+        self.delivery = delivery or DriverSettings(action_workers=profile.delivery_workers)
+        state = self.archive_root / ".heliostat"
+        self.pool_root = pool_root or state / "pool"
+        self.distribution_root = distribution_root or state / "distribution"
+        self.email = email or EmailSettings()
 
     def close(self) -> None:
         self.subscriptions.close()
@@ -288,6 +308,23 @@ class Heliostat:
             self.subscriptions.consume(events)
             self.catalog.ack_events(CATALOG_CONSUMER, events[-1].seq)
         return len(events)
+
+    def delivery_channels(self) -> list[Channel]:
+        """A channel for every action kind the drivers deliver (watch actions are streamed)."""
+        return [
+            EmailChannel(self.email),
+            WebhookChannel(WebhookSettings()),
+            DataPoolChannel(self.archive_root, self.pool_root),
+            DistributionChannel(self.archive_root, self.distribution_root, FtpPusher()),
+        ]
+
+    def delivery_drivers(self, channels: list[Channel] | None = None) -> Drivers:
+        """The subscription delivery drivers over this app's store; not started."""
+        return Drivers(
+            self.subscriptions,
+            self.delivery_channels() if channels is None else channels,
+            self.delivery,
+        )
 
     # -- rendering ---------------------------------------------------------------------------
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -11,6 +12,7 @@ from heliostat.config import PROFILES, profile
 
 if TYPE_CHECKING:
     from heliostat.catalog.store import Catalog
+    from heliostat.subscriptions.channels.email import EmailSettings
 
 
 def _ingest(args: argparse.Namespace) -> int:
@@ -68,6 +70,7 @@ def _serve_processes(args: argparse.Namespace, n: int) -> int:
            "--processes", "1", "--reuse-port"]  # fmt: skip
     if args.catalog:
         cmd += ["--catalog", args.catalog]
+    cmd += _delivery_args(args)
     if args.ingest:
         # Index once, before the workers start, rather than in every worker.
         _ingest(argparse.Namespace(archive=args.archive, catalog=args.catalog, paths=[],
@@ -98,6 +101,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     from heliostat.app import Heliostat
     from heliostat.server.main import serve
+    from heliostat.subscriptions.drivers import DriverSettings
+    from heliostat.subscriptions.lifecycle import RetryPolicy
 
     n = args.processes or profile(args.profile).processes
     if n > 1:
@@ -107,10 +112,22 @@ def _serve(args: argparse.Namespace) -> int:
             return 2
         return _serve_processes(args, n)
     archive = Path(args.archive).resolve()
+    prof = profile(args.profile)
     app = Heliostat(
         archive,
-        profile=profile(args.profile),
+        profile=prof,
         catalog_path=Path(args.catalog) if args.catalog else None,
+        delivery=DriverSettings(
+            action_workers=prof.delivery_workers,
+            lease_s=args.delivery_lease,
+            retention_s=args.delivery_retention,
+            retry=RetryPolicy(base_s=args.retry_base, horizon_s=args.retry_horizon),
+        ),
+        pool_root=Path(args.pool_root).resolve() if args.pool_root else None,
+        distribution_root=Path(args.distribution_root).resolve()
+        if args.distribution_root
+        else None,
+        email=_email_settings(args),
     )
     # Built before the initial ingest, so that a missing incoming folder fails fast.
     watcher = app.watch(Path(args.watch), rescan_s=args.rescan) if args.watch else None
@@ -178,6 +195,53 @@ def _jp2gen(args: argparse.Namespace) -> int:
         f"failed {len(report.failed)} in {report.seconds:.1f} s"
     )
     return 1 if report.failed else 0
+
+
+_DELIVERY_OPTIONS = (
+    ("--pool-root", str, None, "data-pool folders (default ARCHIVE/.heliostat/pool)"),
+    ("--distribution-root", str, None,
+     "distribution destinations (default ARCHIVE/.heliostat/distribution)"),
+    ("--delivery-lease", float, 60.0, "seconds a delivery worker holds an action"),
+    ("--retry-base", float, 5.0, "first retry delay, seconds (doubling, jittered)"),
+    ("--retry-horizon", float, 3 * 86400.0, "seconds of retries before a dead letter"),
+    ("--delivery-retention", float, 7 * 86400.0, "seconds finished actions are kept"),
+    ("--smtp-host", str, "localhost", "mail server for e-mail actions"),
+    ("--smtp-port", int, 25, "its port"),
+    ("--smtp-security", str, "none", "none, starttls or tls"),
+    ("--smtp-user", str, None, "log in as this user (password from $HELIOSTAT_SMTP_PASSWORD)"),
+    ("--mail-from", str, "heliostat@localhost", "sender of notification mails"),
+)  # fmt: skip
+
+
+def _delivery_options(p: argparse.ArgumentParser) -> None:
+    for flag, kind, default, text in _DELIVERY_OPTIONS:
+        p.add_argument(flag, type=kind, default=default, help=text)
+
+
+def _delivery_args(args: argparse.Namespace) -> list[str]:
+    """The delivery options given, as arguments for a worker process."""
+    out = []
+    for flag, _, default, _ in _DELIVERY_OPTIONS:
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value != default:
+            out += [flag, str(value)]
+    return out
+
+
+def _email_settings(args: argparse.Namespace) -> EmailSettings:
+    from heliostat.subscriptions.channels.email import SECURITIES, EmailSettings
+
+    if args.smtp_security not in SECURITIES:
+        raise SystemExit(f"heliostat: --smtp-security must be one of {', '.join(SECURITIES)}")
+    # The password comes from the environment, never the command line (ps shows that).
+    return EmailSettings(
+        host=args.smtp_host,
+        port=args.smtp_port,
+        security=args.smtp_security,
+        username=args.smtp_user,
+        password=os.environ.get("HELIOSTAT_SMTP_PASSWORD") if args.smtp_user else None,
+        sender=args.mail_from,
+    )
 
 
 def _watch_options(p: argparse.ArgumentParser) -> None:
@@ -260,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--processes", type=int, default=0, help="server processes (default: profile)")
     s.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     _watch_options(s)
+    _delivery_options(s)
     s.set_defaults(func=_serve)
 
     i = sub.add_parser("ingest", help="index JP2 files and folders into the catalog")

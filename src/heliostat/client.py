@@ -299,6 +299,39 @@ class HeliostatClient:
         )
         return list(r.actions)
 
+    def action(self, action_id: str) -> subscriptions_pb2.ActionStatus:
+        """An action's delivery state and every attempt, with the receiver's answers."""
+        return self.subs.GetAction(
+            subscriptions_pb2.GetActionRequest(id=action_id),
+            timeout=self.timeout,
+            metadata=self._auth,
+        )
+
+    def dead_letters(
+        self, after: str = "", limit: int = 100
+    ) -> list[subscriptions_pb2.ActionStatus]:
+        """Actions that failed for good (the caller's own; the operator's: all)."""
+        r = self.subs.ListDeadLetters(
+            subscriptions_pb2.ListDeadLettersRequest(after=after, limit=limit),
+            timeout=self.timeout,
+            metadata=self._auth,
+        )
+        return list(r.dead_letters)
+
+    def replay_dead_letters(self, ids: Sequence[str]) -> list[str]:
+        """Queue dead letters again; returns the ids replayed."""
+        r = self.subs.ReplayDeadLetters(
+            subscriptions_pb2.ReplayDeadLettersRequest(ids=list(ids)),
+            timeout=self.timeout,
+            metadata=self._auth,
+        )
+        return list(r.replayed)
+
+    def delivery_stats(self) -> admin_pb2.DeliveryStats:
+        return self.admin.GetDeliveryStats(
+            admin_pb2.GetDeliveryStatsRequest(), timeout=self.timeout
+        )
+
     # -- rendering -----------------------------------------------------------------------------
 
     def tile(

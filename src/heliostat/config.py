@@ -20,6 +20,7 @@ class Profile:
     lmdb_map_size: int  # initial map; the catalog grows it when full
     max_concurrent_rpcs: int  # beyond this the server answers RESOURCE_EXHAUSTED
     max_message_bytes: int
+    delivery_workers: int  # subscription action drivers (asyncio tasks; channels wait on I/O)
 
 
 PROFILES: dict[str, Profile] = {
@@ -35,6 +36,7 @@ PROFILES: dict[str, Profile] = {
         lmdb_map_size=1 * GiB,
         max_concurrent_rpcs=512,
         max_message_bytes=64 * MiB,
+        delivery_workers=2,
     ),
     # Helioviewer's production host: 16 cores, 96 GB. One Python process tops out near 3-4k
     # RPC/s (the GIL), so 8 processes share the port, each with 6 render threads (the kernels
@@ -52,6 +54,7 @@ PROFILES: dict[str, Profile] = {
         lmdb_map_size=64 * GiB,
         max_concurrent_rpcs=2048,
         max_message_bytes=64 * MiB,
+        delivery_workers=8,
     ),
 }
 

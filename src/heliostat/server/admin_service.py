@@ -45,6 +45,20 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         )
 
     @handles_errors
+    async def GetDeliveryStats(
+        self, request: pb.GetDeliveryStatsRequest, context: Ctx
+    ) -> pb.DeliveryStats:
+        c = await offload(context, self.executor, self.app.subscriptions.delivery_stats)
+        return pb.DeliveryStats(
+            counters=dict(c.counters),
+            stages=[
+                pb.DeliveryStage(stage=s, count=t.count, mean_seconds=t.mean_s, max_seconds=t.max_s)
+                for s, t in c.stages.items()
+            ],
+            depths=dict(c.depths),
+        )
+
+    @handles_errors
     async def ListEvents(
         self, request: pb.ListEventsRequest, context: Ctx
     ) -> pb.ListEventsResponse:

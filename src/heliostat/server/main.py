@@ -75,6 +75,7 @@ class Server:
             SubscriptionServicer(app.subscriptions, self.executor), self.server
         )
         self._feeder: asyncio.Task[None] | None = None
+        self.drivers = app.delivery_drivers()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (
@@ -102,6 +103,7 @@ class Server:
         await loop.run_in_executor(self.executor, self._feed_all)  # once at start
         self._feeder = asyncio.create_task(self._feed_subscriptions())
         await self._set_all(health_pb2.HealthCheckResponse.SERVING)
+        await self.drivers.start()
         return port
 
     def _feed_all(self) -> None:
@@ -123,7 +125,8 @@ class Server:
         await self.health.enter_graceful_shutdown()
         if self._feeder is not None:
             self._feeder.cancel()
-        await self.server.stop(grace)
+        # Drain deliveries (no new leases; batches in flight recorded) while calls finish.
+        await asyncio.gather(self.drivers.stop(grace), self.server.stop(grace))
         self.executor.shutdown(wait=True, cancel_futures=True)
         self.app.close()
 

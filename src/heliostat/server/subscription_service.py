@@ -18,6 +18,7 @@ from heliostat.server.calls import handles_errors, offload
 from heliostat.server.convert import timestamp_us, to_timestamp
 from heliostat.subscriptions import model
 from heliostat.subscriptions.auth import PermissionDenied, Principal
+from heliostat.subscriptions.lifecycle import ActionState, Attempt
 from heliostat.subscriptions.service import Patch, SubscriptionService, ThemeOp
 from heliostat.v1 import subscriptions_pb2 as pb
 from heliostat.v1 import subscriptions_pb2_grpc
@@ -46,6 +47,19 @@ _KINDS: dict[model.ActionKind, pb.ActionKind] = {
     "distribution": pb.ACTION_KIND_DISTRIBUTION,
 }
 _KINDS_IN = {v: k for k, v in _KINDS.items()}
+_STATES = {
+    "pending": pb.DELIVERY_STATE_PENDING,
+    "leased": pb.DELIVERY_STATE_LEASED,
+    "delivered": pb.DELIVERY_STATE_DELIVERED,
+    "failed": pb.DELIVERY_STATE_FAILED,
+    "disabled": pb.DELIVERY_STATE_DISABLED,
+}
+_OUTCOMES = {
+    "delivered": pb.DELIVERY_OUTCOME_DELIVERED,
+    "retry": pb.DELIVERY_OUTCOME_RETRY,
+    "failed": pb.DELIVERY_OUTCOME_FAILED,
+    "gone": pb.DELIVERY_OUTCOME_GONE,
+}
 _PAGE = struct.Struct(">Q")
 
 
@@ -211,6 +225,31 @@ def _event_out(e: model.GranuleEvent) -> pb.GranuleEvent:
     return out
 
 
+def _matched_out(a: model.MatchedAction) -> pb.MatchedAction:
+    return pb.MatchedAction(
+        id=a.id, event_id=a.event_id, subscription_id=a.subscription_id, owner=a.owner,
+        action=_action_out(a.action), event=_event_out(a.event),
+    )  # fmt: skip
+
+
+def _status_out(st: ActionState) -> pb.ActionStatus:
+    out = pb.ActionStatus(
+        id=st.id, owner=st.owner, kind=_KINDS[st.kind], state=_STATES[st.state],
+        attempts=st.attempts, last_result=st.detail,
+    )  # fmt: skip
+    if st.state in ("pending", "leased"):
+        out.next_attempt_time.CopyFrom(to_timestamp(st.due_us))
+    return out
+
+
+def _attempt_out(a: Attempt) -> pb.DeliveryAttempt:
+    outcome = _OUTCOMES.get(a.outcome, pb.DELIVERY_OUTCOME_UNSPECIFIED)
+    return pb.DeliveryAttempt(
+        number=a.number, time=to_timestamp(a.time_us), outcome=outcome, detail=a.detail,
+        worker=a.worker,
+    )  # fmt: skip
+
+
 def _page_token(after: int) -> str:
     return base64.urlsafe_b64encode(_PAGE.pack(after)).decode()
 
@@ -365,16 +404,39 @@ class SubscriptionServicer(subscriptions_pb2_grpc.SubscriptionServiceServicer):
         actions = await offload(
             context, self.executor, lambda: self.subs.actions(who, request.after, request.limit)
         )
-        return pb.ListActionsResponse(
-            actions=[
-                pb.MatchedAction(
-                    id=a.id,
-                    event_id=a.event_id,
-                    subscription_id=a.subscription_id,
-                    owner=a.owner,
-                    action=_action_out(a.action),
-                    event=_event_out(a.event),
-                )
-                for a in actions
-            ]
+        return pb.ListActionsResponse(actions=[_matched_out(a) for a in actions])
+
+    @handles_errors
+    @authenticated
+    async def GetAction(
+        self, request: pb.GetActionRequest, context: Ctx, who: Principal
+    ) -> pb.ActionStatus:
+        a, st, attempts = await offload(
+            context, self.executor, lambda: self.subs.action_status(who, request.id)
         )
+        out = _status_out(st) if st is not None else pb.ActionStatus(id=a.id, owner=a.owner)
+        out.kind = _KINDS[a.action.kind]
+        out.action.CopyFrom(_matched_out(a))
+        out.attempt_log.extend(_attempt_out(x) for x in attempts)
+        return out
+
+    @handles_errors
+    @authenticated
+    async def ListDeadLetters(
+        self, request: pb.ListDeadLettersRequest, context: Ctx, who: Principal
+    ) -> pb.ListDeadLettersResponse:
+        dead = await offload(
+            context,
+            self.executor,
+            lambda: self.subs.dead_letters(who, request.after, request.limit),
+        )
+        return pb.ListDeadLettersResponse(dead_letters=[_status_out(x) for x in dead])
+
+    @handles_errors
+    @authenticated
+    async def ReplayDeadLetters(
+        self, request: pb.ReplayDeadLettersRequest, context: Ctx, who: Principal
+    ) -> pb.ReplayDeadLettersResponse:
+        ids = list(request.ids)
+        done = await offload(context, self.executor, lambda: self.subs.replay(who, ids))
+        return pb.ReplayDeadLettersResponse(replayed=done)

@@ -14,6 +14,7 @@ import base64
 import math
 import re
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 from typing import Any, Literal, get_args
 from urllib.parse import urlsplit
 
@@ -257,6 +258,10 @@ def validate_action(a: Action, i: int) -> Action:
             ) from None
         if len(key) < MIN_SECRET:
             raise InvalidArgument(f"at least {MIN_SECRET} bytes", field=f"{where}.secret")
+    if a.kind == "datapool":
+        validate_name(params["pool"], f"{where}.pool")  # one folder under the pool root
+    if a.kind == "distribution":
+        validate_distribution(params["media"], params["destination"], where)
     return Action(a.kind, tuple(sorted(params.items())))
 
 
@@ -266,6 +271,23 @@ def webhook_key(secret: str) -> bytes:
     if secret.startswith("whsec_"):
         return base64.b64decode(secret.removeprefix("whsec_"), validate=True)
     return secret.encode()
+
+
+def validate_distribution(media: str, destination: str, where: str) -> None:
+    """media "file": destination is a folder relative to the distribution root that stays inside
+    it; media "ftp": an ftp:// URL."""
+    if media == "file":
+        parts = PurePosixPath(destination).parts
+        if destination.startswith(("/", "\\")) or "\\" in destination or ".." in parts:
+            raise InvalidArgument(
+                "must be a folder inside the distribution root", field=f"{where}.destination"
+            )
+    elif media == "ftp":
+        url = urlsplit(destination)
+        if url.scheme != "ftp" or not url.hostname:
+            raise InvalidArgument("must be an ftp:// URL", field=f"{where}.destination")
+    else:
+        raise InvalidArgument("must be file or ftp", field=f"{where}.media")
 
 
 def validate_subscription(s: Subscription, frame: Frame) -> Subscription:

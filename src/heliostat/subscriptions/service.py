@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -23,6 +23,7 @@ from heliostat.archive import sources
 from heliostat.catalog.codec import CatalogEvent, EventKind
 from heliostat.errors import InvalidArgument, NotFound
 from heliostat.subscriptions.auth import Principal, authenticate
+from heliostat.subscriptions.lifecycle import ActionState, Attempt, Ledger
 from heliostat.subscriptions.matching import MatchEngine
 from heliostat.subscriptions.model import (
     Action,
@@ -39,6 +40,7 @@ from heliostat.subscriptions.model import (
     validate_event,
     validate_subscription,
 )
+from heliostat.subscriptions.stats import PipelineCounts, PipelineStats
 from heliostat.subscriptions.store import SubscriptionStore, action_key
 
 MAX_PAGE = 1000
@@ -81,10 +83,13 @@ class SubscriptionService:
             self._load_collections()
             rows, attrs, colls, self._generation = self.store.index_data()
             self.engine = MatchEngine.from_rows(rows, attrs, colls)
+            self.ledger = Ledger(self.store)
         except BaseException:
             self.store.close()
             raise
         self._lock = threading.Lock()  # orders store writes with index updates
+        self.stats = PipelineStats()
+        self._on_record: list[Callable[[], None]] = []
 
     def close(self) -> None:
         self.store.close()
@@ -249,7 +254,17 @@ class SubscriptionService:
     ) -> list[StoredEvent]:
         with self._lock:
             self._catch_up()
-            return self.store.record(self.engine.match(events, now_us()), catalog_seqs)
+            t0 = time.perf_counter()
+            matches = self.engine.match(events, now_us())
+            t1 = time.perf_counter()
+            stored = self.store.record(matches, catalog_seqs)
+            self.stats.time("match", t1 - t0, len(events))
+            self.stats.time("record", time.perf_counter() - t1, len(events))
+            self.stats.count("events", len(stored))
+        if stored:
+            for fn in self._on_record:
+                fn()
+        return stored
 
     def catalog_event(self, e: CatalogEvent) -> GranuleEvent | None:
         c = self._by_source.get(e.source_id)
@@ -279,3 +294,56 @@ class SubscriptionService:
         except ValueError:
             raise InvalidArgument("not an action id", field="after") from None
         return self.store.actions_after(key, limit or 100, None if who.operator else who.owner)
+
+    def on_record(self, fn: Callable[[], None]) -> Callable[[], None]:
+        """Call fn (from the recording thread) after each batch of events is recorded here;
+        returns what stops it."""
+        self._on_record.append(fn)
+        return lambda: self._on_record.remove(fn)
+
+    # -- delivery state (the drivers are heliostat.subscriptions.drivers) -----------------------
+
+    def _key(self, action_id: str, field: str) -> bytes:
+        try:
+            return action_key(action_id)
+        except ValueError:
+            raise InvalidArgument("not an action id", field=field) from None
+
+    def action_status(
+        self, who: Principal, action_id: str
+    ) -> tuple[MatchedAction, ActionState | None, list[Attempt]]:
+        """An action with its delivery state (None: not queued yet, or a watch action) and every
+        attempt so far; somebody else's is not found."""
+        key = self._key(action_id, "id")
+        (a,) = self.store.actions_at([key])
+        if a is None or (a.owner != who.owner and not who.operator):
+            raise NotFound(f"no action {action_id}", field="id")
+        return a, self.ledger.state(key), self.ledger.attempts(key)
+
+    def dead_letters(self, who: Principal, after: str, limit: int) -> list[ActionState]:
+        if not 0 <= limit <= MAX_PAGE:
+            raise InvalidArgument(f"must be 0-{MAX_PAGE}", field="limit")
+        key = self._key(after, "after") if after else b""
+        return self.ledger.dead_letters(key, limit or 100, None if who.operator else who.owner)
+
+    def replay(self, who: Principal, action_ids: Sequence[str]) -> list[str]:
+        """Queue dead letters again (one's own, or any for the operator); returns the ids
+        replayed. Ids that are not (the caller's) dead letters are skipped."""
+        if not action_ids:
+            raise InvalidArgument("name at least one action", field="ids")
+        if len(action_ids) > MAX_PAGE:
+            raise InvalidArgument(f"at most {MAX_PAGE} per call", field="ids")
+        keys = [self._key(a, f"ids[{i}]") for i, a in enumerate(action_ids)]
+        done = set(self.ledger.replay(keys, None if who.operator else who.owner, now_us()))
+        self.stats.count("replayed", len(done))
+        return [a for a, k in zip(action_ids, keys, strict=True) if k in done]
+
+    def delivery_stats(self) -> PipelineCounts:
+        depths = self.ledger.depths(now_us())
+        counts = self.store.counts()
+        depths["events_left"] = counts["events"]
+        depths["actions_left"] = (
+            sum(v for k, v in depths.items() if k.startswith("pending.")) + depths["leased"]
+        )
+        depths["actions_stored"] = counts["actions"]
+        return self.stats.snapshot(depths)

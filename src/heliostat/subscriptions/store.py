@@ -39,6 +39,7 @@ from heliostat.lmdbenv import LmdbEnv
 from heliostat.subscriptions.matching import ROW, AttrRow, attr_row, index_row
 from heliostat.subscriptions.model import (
     Action,
+    ActionKind,
     Collection,
     GranuleEvent,
     MatchedAction,
@@ -54,11 +55,13 @@ _DB_NAMES = (
     b"meta", b"subs", b"by_owner", b"by_theme", b"collections", b"tokens", b"events", b"actions",
     b"actions_by_owner", b"idx", b"idx_attrs", b"sub_actions", b"changes",
 )  # fmt: skip
+EXTRA_DBS = 16  # room for the named databases of other parts (the delivery ledger)
 _NEXT_SUB = b"next_sub_id"
 _NEXT_EVENT = b"next_event_id"
 _CATALOG_SEQ = b"catalog_seq"
 _NEXT_GEN = b"next_generation"
 _U64 = struct.Struct(">Q")
+DISABLED = "disabled"  # action param: set (to the reason) when the receiver is gone
 _ACTION_KEY = struct.Struct(">QQH")
 
 if TYPE_CHECKING:
@@ -89,7 +92,7 @@ class SubscriptionStore:
         self._db = LmdbEnv(
             path,
             map_size=map_size,
-            max_dbs=len(_DB_NAMES),
+            max_dbs=len(_DB_NAMES) + EXTRA_DBS,
             max_readers=max_readers,
             what="subscription store",
         )
@@ -107,6 +110,14 @@ class SubscriptionStore:
 
     def close(self) -> None:
         self._db.close()
+
+    @property
+    def lmdb(self) -> LmdbEnv:
+        """The environment, for parts that keep their own databases beside the store's."""
+        return self._db
+
+    def open_dbs(self, names: Sequence[bytes]) -> list[Any]:
+        return self._db.write(lambda txn: [self._env.open_db(n, txn=txn) for n in names])
 
     def __enter__(self) -> SubscriptionStore:
         return self
@@ -361,12 +372,119 @@ class SubscriptionStore:
                 if found is None:
                     continue
                 owner_prefix, blob = found
+                off = _disabled(blob)
                 for k in range(blob[0]):
+                    if k in off:
+                        continue
                     key = _ACTION_KEY.pack(eid, sid, k)
                     txn.put(key, blob, db=self._actions)
                     txn.put(owner_prefix + key, b"", db=self._actions_by_owner)
             out.append(StoredEvent(eid, event))
         return out
+
+    def disable_action(self, sub_id: int, index: int, reason: str) -> Subscription | None:
+        """Mark one action of a subscription disabled (param ``disabled``: the reason), so that
+        matches no longer produce it; None when the subscription or action no longer exists."""
+
+        def write(txn: _Txn) -> Subscription | None:
+            raw = txn.get(_U64.pack(sub_id), db=self._subs)
+            if raw is None:
+                return None
+            s = subscription_from_dict(json.loads(raw))
+            if index >= len(s.actions):
+                return None
+            a = s.actions[index]
+            params = dict(a.params)
+            if params.get(DISABLED):
+                return s
+            params[DISABLED] = reason[:200] or "disabled"
+            actions = list(s.actions)
+            actions[index] = Action(a.kind, tuple(sorted(params.items())))
+            new = dataclasses.replace(s, actions=tuple(actions))
+            self._put_sub(txn, new, s)
+            return new
+
+        return self._db.write(write)
+
+    def actions_at(self, keys: Sequence[bytes]) -> list[MatchedAction | None]:
+        """The actions stored under these keys (None for one removed)."""
+
+        def read(txn: _Txn) -> list[MatchedAction | None]:
+            events: dict[int, GranuleEvent] = {}
+            out: list[MatchedAction | None] = []
+            for akey in keys:
+                raw = txn.get(akey, db=self._actions)
+                out.append(None if raw is None else self._matched(txn, akey, raw, events))
+            return out
+
+        return self._db.read(read)
+
+    def _matched(
+        self, txn: _Txn, akey: bytes, raw: bytes, events: dict[int, GranuleEvent]
+    ) -> MatchedAction:
+        eid, sid, k = _ACTION_KEY.unpack(akey)
+        if eid not in events:
+            ev_raw = txn.get(_U64.pack(eid), db=self._events)
+            assert ev_raw is not None, "an action's event is written with it"
+            events[eid] = event_from_dict(json.loads(ev_raw))
+        sep = raw.index(b"\0")
+        kind, params = json.loads(raw[sep + 1 :])[k]
+        action = Action(kind, tuple(sorted(params.items())))
+        return MatchedAction(eid, sid, k, raw[1:sep].decode(), action, events[eid])
+
+    def action_heads_after(self, after: bytes, limit: int) -> list[tuple[bytes, str, ActionKind]]:
+        """(key, owner, kind) of up to limit actions with keys above ``after``: what a queue
+        needs, without decoding events (actions_after's order)."""
+
+        def read(txn: _Txn) -> list[tuple[bytes, str, ActionKind]]:
+            out: list[tuple[bytes, str, ActionKind]] = []
+            lists: dict[bytes, tuple[str, list[Any]]] = {}  # one decode per action list
+            cur = txn.cursor(self._actions)
+            found = cur.set_range(after + b"\0" if after else b"")
+            while found and len(out) < limit:
+                key, raw = cur.item()
+                if raw not in lists:
+                    sep = raw.index(b"\0")
+                    lists[raw] = (raw[1:sep].decode(), json.loads(raw[sep + 1 :]))
+                owner, actions = lists[raw]
+                out.append((key, owner, actions[_ACTION_KEY.unpack(key)[2]][0]))
+                found = cur.next()
+            return out
+
+        return self._db.read(read)
+
+    def count_actions_after(self, after: bytes, cap: int) -> int:
+        """How many actions have keys above ``after`` (counted up to cap)."""
+
+        def read(txn: _Txn) -> int:
+            cur = txn.cursor(self._actions)
+            found = cur.set_range(after + b"\0" if after else b"")
+            n = 0
+            while found and n < cap:
+                n += 1
+                found = cur.next()
+            return n
+
+        return self._db.read(read)
+
+    def remove_actions_txn(self, txn: _Txn, keys: Sequence[bytes]) -> int:
+        """Within the caller's write transaction (of self.lmdb): remove these actions, then each
+        of their events left without actions; returns the events removed."""
+        eids = set()
+        for akey in keys:
+            raw = txn.get(akey, db=self._actions)
+            if raw is None:
+                continue
+            txn.delete(akey, db=self._actions)
+            txn.delete(raw[1 : raw.index(b"\0") + 1] + akey, db=self._actions_by_owner)
+            eids.add(akey[:8])
+        removed = 0
+        for ek in sorted(eids):
+            cur = txn.cursor(self._actions)
+            if cur.set_range(ek) and cur.key()[:8] == ek:
+                continue  # the event still has actions
+            removed += bool(txn.delete(ek, db=self._events))
+        return removed
 
     def actions_after(self, after: bytes, limit: int, owner: str | None) -> list[MatchedAction]:
         """Up to limit actions with keys above ``after`` (an action key, b"" from the start),
@@ -392,16 +510,7 @@ class SubscriptionStore:
                 found = cur.next()
                 if raw is None:
                     continue
-                eid, sid, k = _ACTION_KEY.unpack(akey)
-                if eid not in events:
-                    ev_raw = txn.get(_U64.pack(eid), db=self._events)
-                    assert ev_raw is not None, "an action's event is written with it"
-                    events[eid] = event_from_dict(json.loads(ev_raw))
-                sep = raw.index(b"\0")
-                kind, params = json.loads(raw[sep + 1 :])[k]
-                action = Action(kind, tuple(sorted(params.items())))
-                who = raw[1:sep].decode()
-                out.append(MatchedAction(eid, sid, k, who, action, events[eid]))
+                out.append(self._matched(txn, akey, raw, events))
             return out
 
         return self._db.read(read)
@@ -449,6 +558,14 @@ def _token(key: bytes, raw: bytes) -> TokenRecord:
         key.decode(), bytes.fromhex(d["salt"]), bytes.fromhex(d["digest"]), d["owner"],
         d["operator"], d["created"],
     )  # fmt: skip
+
+
+def _disabled(blob: bytes) -> frozenset[int]:
+    """Indexes of the disabled actions in a sub_actions blob (parsed only when one may be)."""
+    if b'"disabled"' not in blob:
+        return frozenset()
+    actions = json.loads(blob[blob.index(b"\0") + 1 :])
+    return frozenset(k for k, (_, params) in enumerate(actions) if params.get(DISABLED))
 
 
 def action_key(action_id: str) -> bytes:

@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from email.header import Header
 from email.utils import formatdate, make_msgid
-from typing import Literal
+from typing import Literal, get_args
 
 import aiosmtplib
 
@@ -41,6 +41,7 @@ from heliostat.subscriptions.channels.base import Delivery, Result
 from heliostat.subscriptions.model import ActionKind, MatchedAction, Subscription
 
 Security = Literal["none", "starttls", "tls"]
+SECURITIES: tuple[Security, ...] = get_args(Security)
 
 
 @dataclass(frozen=True, slots=True)
