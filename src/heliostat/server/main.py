@@ -123,6 +123,7 @@ class Server:
         await self.health.enter_graceful_shutdown()
         if self._feeder is not None:
             self._feeder.cancel()
+        self.app.subscriptions.notifications.end_streams()  # open-ended: they would use the grace
         await self.server.stop(grace)
         self.executor.shutdown(wait=True, cancel_futures=True)
         self.app.close()

@@ -206,6 +206,13 @@ def _event_out(e: model.GranuleEvent) -> pb.GranuleEvent:
     return out
 
 
+def _notification_out(a: model.MatchedAction) -> pb.Notification:
+    return pb.Notification(
+        id=a.id, event_id=a.event_id, subscription_id=a.subscription_id, owner=a.owner,
+        params=dict(a.action.params), event=_event_out(a.event),
+    )  # fmt: skip
+
+
 def _page_token(after: int) -> str:
     return base64.urlsafe_b64encode(_PAGE.pack(after)).decode()
 
@@ -373,3 +380,26 @@ class SubscriptionServicer(subscriptions_pb2_grpc.SubscriptionServiceServicer):
                 for a in actions
             ]
         )
+
+    @handles_errors
+    @authenticated
+    async def WatchNotifications(
+        self, request: pb.WatchNotificationsRequest, context: Ctx, who: Principal
+    ) -> None:
+        watch = await offload(
+            context,
+            self.executor,
+            lambda: self.subs.watch(
+                who,
+                cursor=request.cursor,
+                from_oldest=request.from_oldest,
+                owner=request.owner,
+                subscription_ids=list(request.subscription_ids),
+                collection=request.collection,
+            ),
+        )
+        # The position is fixed: a client may publish now and will see the events.
+        await context.send_initial_metadata((("heliostat-cursor", watch.start_id),))
+        async for page in watch.pages():
+            for a in page:
+                await context.write(_notification_out(a))  # waits while the client is slow

@@ -39,6 +39,7 @@ from heliostat.subscriptions.model import (
     validate_event,
     validate_subscription,
 )
+from heliostat.subscriptions.notifications import Notifications, Watch, WatchFilter
 from heliostat.subscriptions.store import SubscriptionStore, action_key
 
 MAX_PAGE = 1000
@@ -81,12 +82,14 @@ class SubscriptionService:
             self._load_collections()
             rows, attrs, colls, self._generation = self.store.index_data()
             self.engine = MatchEngine.from_rows(rows, attrs, colls)
+            self.notifications = Notifications(self.store)
         except BaseException:
             self.store.close()
             raise
         self._lock = threading.Lock()  # orders store writes with index updates
 
     def close(self) -> None:
+        self.notifications.close()
         self.store.close()
 
     def _load_collections(self) -> None:
@@ -249,7 +252,10 @@ class SubscriptionService:
     ) -> list[StoredEvent]:
         with self._lock:
             self._catch_up()
-            return self.store.record(self.engine.match(events, now_us()), catalog_seqs)
+            stored = self.store.record(self.engine.match(events, now_us()), catalog_seqs)
+        if stored:
+            self.notifications.signal.notify(stored[-1].id)  # committed: wake the watchers
+        return stored
 
     def catalog_event(self, e: CatalogEvent) -> GranuleEvent | None:
         c = self._by_source.get(e.source_id)
@@ -279,3 +285,23 @@ class SubscriptionService:
         except ValueError:
             raise InvalidArgument("not an action id", field="after") from None
         return self.store.actions_after(key, limit or 100, None if who.operator else who.owner)
+
+    def watch(
+        self,
+        who: Principal,
+        *,
+        cursor: str = "",
+        from_oldest: bool = False,
+        owner: str = "",
+        subscription_ids: Sequence[int] = (),
+        collection: str = "",
+    ) -> Watch:
+        """A live stream of the caller's watch actions (the operator's: everyone's, or one
+        owner's) after cursor; see heliostat.subscriptions.notifications."""
+        if owner and owner != who.owner:
+            who.require_operator("watch another owner's notifications")
+        if collection:
+            self._collection(collection)
+        scope = owner or (None if who.operator else who.owner)
+        keep = WatchFilter(scope, frozenset(subscription_ids), collection)
+        return self.notifications.open(cursor, from_oldest, keep)

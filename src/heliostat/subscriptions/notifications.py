@@ -1,0 +1,216 @@
+"""Live delivery of "watch" actions: a stream per watcher that reads the store from a cursor, in
+action-key order, and then waits for more.
+
+Streams read LMDB, never an in-memory queue, so a reconnect resumes from any cursor and a slow
+watcher costs nothing but its position: each read is one page, and the next is read only once the
+caller has taken the previous one (gRPC's write awaits the client's flow-control window).
+
+Waking up: the service calls ``RecordSignal.notify`` after each recording transaction commits,
+which wakes the streams of this process at once; a poll of the store's last event id every
+POLL_S wakes them for events recorded by other processes serving the same store.
+
+Retention: event ids are dense, so when the oldest event kept is above the cursor's event + 1,
+events after the cursor were removed and the stream refuses to start (OutOfRange naming
+``cursor``) rather than skip them silently; the watcher starts again with ``from_oldest``. The
+check cannot see the rest of the cursor's own event being removed: retention runs on an age far
+beyond a watcher's reconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import struct
+import threading
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from heliostat.errors import InvalidArgument, OutOfRange
+from heliostat.subscriptions.model import MatchedAction, action_id
+from heliostat.subscriptions.store import SubscriptionStore, action_key
+
+POLL_S = 0.025  # how soon events recorded by another process reach this one's streams
+PAGE = 256  # actions read per store transaction
+READ_THREADS = 2
+_MAX_SUB = (1 << 64) - 1
+_MAX_INDEX = (1 << 16) - 1
+_ACTION_ID = re.compile(r"^[0-9a-f]{16}-[0-9a-f]{16}-[0-9a-f]{4}$")
+
+
+class RecordSignal:
+    """The last event id recorded, as known to this process, and coroutines waiting for it to
+    pass a value. ``notify`` may be called from any thread; waiters may be on any event loop."""
+
+    def __init__(self, last_recorded: Callable[[], int], *, poll_s: float = POLL_S) -> None:
+        self._read = last_recorded
+        self._poll_s = poll_s
+        self._lock = threading.Lock()
+        self._last = last_recorded()
+        self._closed = False
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        # One poll task per event loop with waiters (None while it is being created).
+        self._pollers: dict[asyncio.AbstractEventLoop, asyncio.Task[None] | None] = {}
+
+    @property
+    def last(self) -> int:
+        return self._last
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def notify(self, event_id: int) -> None:
+        """Events up to event_id are durable: wake the waiters below it."""
+        with self._lock:
+            if event_id <= self._last:
+                return
+            self._last = event_id
+            waiters, self._waiters = self._waiters, []
+        _wake(waiters)
+
+    def close(self) -> None:
+        """Wake every waiter for good; streams see ``closed`` and end."""
+        with self._lock:
+            self._closed = True
+            waiters, self._waiters = self._waiters, []
+        _wake(waiters)
+
+    async def wait_beyond(self, event_id: int) -> None:
+        """Return once an event above event_id is recorded (or the signal is closed)."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        with self._lock:
+            if self._last > event_id or self._closed:
+                return
+            self._waiters.append((loop, fut))
+            start_poller = loop not in self._pollers
+            if start_poller:
+                self._pollers[loop] = None
+        if start_poller:
+            task = loop.create_task(self._poll(loop))
+            with self._lock:
+                if loop in self._pollers:
+                    self._pollers[loop] = task
+        try:
+            await fut
+        finally:
+            with self._lock:
+                if (loop, fut) in self._waiters:
+                    self._waiters.remove((loop, fut))
+
+    async def _poll(self, loop: asyncio.AbstractEventLoop) -> None:
+        """While this loop has waiters, read the store's last event id every poll_s: events
+        recorded by other processes."""
+        while True:
+            await asyncio.sleep(self._poll_s)
+            with self._lock:
+                if self._closed or not any(w[0] is loop for w in self._waiters):
+                    del self._pollers[loop]
+                    return
+            try:
+                last = await loop.run_in_executor(None, self._read)
+            except Exception:
+                continue  # a store closing under us: the next pass sees closed
+            self.notify(last)
+
+
+def _wake(waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]) -> None:
+    for loop, fut in waiters:
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits there any more
+            loop.call_soon_threadsafe(_resolve, fut)
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+@dataclass(frozen=True, slots=True)
+class WatchFilter:
+    owner: str | None  # None: everyone's (operator)
+    subscription_ids: frozenset[int] = frozenset()
+    collection: str = ""
+
+    def __call__(self, a: MatchedAction) -> bool:
+        return (
+            a.action.kind == "watch"
+            and (not self.subscription_ids or a.subscription_id in self.subscription_ids)
+            and (not self.collection or a.event.collection == self.collection)
+        )
+
+
+class Watch:
+    """One watcher's stream: a position in action-key order and a filter."""
+
+    def __init__(self, hub: Notifications, start: bytes, start_id: str, keep: WatchFilter) -> None:
+        self._hub = hub
+        self._key = start
+        self.start_id = start_id  # the cursor the stream starts after ("" from the oldest)
+        self._keep = keep
+
+    def _read(self) -> tuple[list[MatchedAction], bool]:
+        """The next page's watch actions passing the filter, and whether more may follow at
+        once; the position moves past every action read, kept or not."""
+        got = self._hub.store.actions_after(self._key, PAGE, self._keep.owner)
+        if got:
+            self._key = action_key(got[-1].id)
+        return [a for a in got if self._keep(a)], len(got) == PAGE
+
+    async def pages(self) -> AsyncIterator[list[MatchedAction]]:
+        """Pages of notifications, each non-empty, for ever: until the hub closes."""
+        loop = asyncio.get_running_loop()
+        signal = self._hub.signal
+        while not signal.closed:
+            # Every event up to `seen` was committed before this read starts, so the read holds
+            # them all; any event it misses is above `seen` and wakes the wait below.
+            seen = signal.last
+            page, more = await loop.run_in_executor(self._hub.executor, self._read)
+            if page:
+                yield page
+            if not more:
+                await signal.wait_beyond(seen)
+
+
+class Notifications:
+    """The streams of one process over one store."""
+
+    def __init__(self, store: SubscriptionStore, *, poll_s: float = POLL_S) -> None:
+        self.store = store
+        self.signal = RecordSignal(lambda: store.event_ids()[1], poll_s=poll_s)
+        self.executor = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="watch")
+
+    def end_streams(self) -> None:
+        """End every stream once it has handed out its current page (server shutdown)."""
+        self.signal.close()
+
+    def close(self) -> None:
+        """End the streams and wait for reads in progress; call before closing the store."""
+        self.signal.close()
+        self.executor.shutdown(wait=True, cancel_futures=True)
+
+    def open(self, cursor: str, from_oldest: bool, keep: WatchFilter) -> Watch:
+        """A stream after ``cursor`` (an action id), from the oldest action kept, or (neither)
+        after the last event recorded now."""
+        oldest, last = self.store.event_ids()
+        if from_oldest:
+            if cursor:
+                raise InvalidArgument("give a cursor or from_oldest, not both", field="from_oldest")
+            return Watch(self, b"", "", keep)
+        if not cursor:
+            return Watch(self, action_key(action_id(last, _MAX_SUB, _MAX_INDEX)),
+                         action_id(last, _MAX_SUB, _MAX_INDEX), keep)  # fmt: skip
+        if not _ACTION_ID.match(cursor):
+            raise InvalidArgument("not an action id", field="cursor")
+        key = action_key(cursor)
+        event = struct.unpack_from(">Q", key)[0]
+        if event > last:
+            raise InvalidArgument(f"names event {event}, not recorded yet", field="cursor")
+        if event + 1 < oldest:
+            raise OutOfRange(
+                f"events {event + 1}-{oldest - 1} after it were removed by retention; "
+                "start again from_oldest",
+                field="cursor",
+            )
+        return Watch(self, key, cursor, keep)

@@ -1,0 +1,382 @@
+"""WatchNotifications end to end over real gRPC: order and ids, ownership, filters, resuming from a
+cursor, image ingest, bad cursors, retention, kill -9 of the server, and other processes' events."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import grpc
+import lmdb
+import pytest
+
+from heliostat.client import HeliostatClient, NotificationStream
+from heliostat.errors import InvalidArgument, OutOfRange
+from heliostat.subscriptions.auth import Principal, create_token
+from heliostat.subscriptions.model import Action, Box, Collection, GranuleEvent, Subscription
+from heliostat.subscriptions.service import SubscriptionService
+from heliostat.subscriptions.store import SubscriptionStore
+from heliostat.v1 import subscriptions_pb2 as pb
+from tests.conftest import RunningServer, place_samples, start_server, stop_server
+
+OWNERS = ("alice", "bob", "ops")
+WATCH = pb.Action(kind=pb.ACTION_KIND_WATCH, params={"label": "mine"})
+EMAIL = pb.Action(kind=pb.ACTION_KIND_EMAIL, params={"address": "a@example.org"})
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def issue_tokens(root: Path) -> dict[str, str]:
+    with SubscriptionStore(root / ".heliostat" / "subscriptions") as store:
+        return {o: create_token(store, o, operator=o == "ops") for o in OWNERS}
+
+
+@pytest.fixture(scope="module")
+def served(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[RunningServer, dict[str, str]]]:
+    root = tmp_path_factory.mktemp("watch") / "archive"
+    place_samples(root)
+    tokens = issue_tokens(root)
+    srv = start_server(root, ingest=False)
+    yield srv, tokens
+    stop_server(srv)
+
+
+def client(served: tuple[RunningServer, dict[str, str]], who: str) -> HeliostatClient:
+    srv, tokens = served
+    return HeliostatClient(srv.target, token=tokens[who])
+
+
+def event(collection: str, granule: str, x: float = 0.0) -> pb.GranuleEvent:
+    e = pb.GranuleEvent(
+        collection=collection,
+        type=pb.SUBSCRIPTION_EVENT_TYPE_INSERT,
+        granule=granule,
+        footprint=pb.Box(x_min=x, y_min=0, x_max=x + 1, y_max=1),
+        numeric={"cloud": 3.0},
+    )
+    e.time.start.FromDatetime(T0)
+    return e
+
+
+def subscribe(
+    c: HeliostatClient, collection: str, box: tuple[float, float], actions: list[pb.Action]
+) -> pb.Subscription:
+    """A subscription on x in [box[0], box[1]] (events are 1 wide at x)."""
+    return c.create_subscription(
+        pb.Subscription(
+            collection=collection,
+            event_types=[pb.SUBSCRIPTION_EVENT_TYPE_INSERT],
+            qualifiers=pb.Qualifiers(spatial=pb.Box(x_min=box[0], y_min=0, x_max=box[1], y_max=1)),
+            actions=actions,
+        )
+    )
+
+
+def take(stream: NotificationStream, n: int) -> list[pb.Notification]:
+    return list(itertools.islice(stream, n))
+
+
+def field_of(e: grpc.RpcError) -> str:
+    return dict(e.trailing_metadata() or ()).get("heliostat-field", "")  # type: ignore[attr-defined]
+
+
+def test_order_ids_and_owners(served: tuple[RunningServer, dict[str, str]]) -> None:
+    with client(served, "ops") as ops, client(served, "alice") as alice, \
+            client(served, "bob") as bob:  # fmt: skip
+        ops.create_collection("WATCH_A", "1")
+        coll = "WATCH_A.1"
+        # alice: two watch subscriptions (one also mails); bob: one on the right half only.
+        a1 = subscribe(alice, coll, (-50, 50), [EMAIL, WATCH])
+        a2 = subscribe(alice, coll, (-50, 0), [WATCH])
+        b1 = subscribe(bob, coll, (10, 50), [WATCH])
+        with alice.watch(timeout=30) as sa, ops.watch(timeout=30) as so, \
+                ops.watch(owner="bob", timeout=30) as sob:  # fmt: skip
+            for s in (sa, so, sob):
+                assert s.start_cursor  # opened: what is published from now on is delivered
+            ids = []
+            for lo in range(0, 30, 10):
+                ids += ops.publish_events(
+                    [event(coll, f"g{i}", x=-20.0 if i % 2 else 20.0) for i in range(lo, lo + 10)]
+                )
+            # Odd events (x=-20) hit a1 and a2; even ones (x=20) hit a1 and b1.
+            expect = []
+            for i, e in enumerate(ids):
+                expect += [(e, a1.id), (e, a2.id)] if i % 2 else [(e, a1.id)]
+            got = take(sa, len(expect))
+            assert [(n.event_id, n.subscription_id) for n in got] == expect
+            assert [n.id for n in got] == sorted(n.id for n in got)
+            first = got[0]
+            assert first.owner == "alice" and first.params["label"] == "mine"
+            assert first.id == f"{ids[0]:016x}-{a1.id:016x}-0001"  # the watch is action 1
+            assert first.event.granule == "g0" and first.event.collection == coll
+            assert first.event.footprint.x_min == 20.0 and first.event.numeric["cloud"] == 3.0
+            assert first.event.time.start.ToDatetime(UTC) == T0
+
+            everyone = take(so, len(expect) + 15)
+            assert {n.owner for n in everyone} == {"alice", "bob"}
+            assert [n.id for n in everyone] == sorted(n.id for n in everyone)
+            bobs = take(sob, 15)
+            assert [(n.event_id, n.subscription_id) for n in bobs] == [(e, b1.id) for e in ids[::2]]
+            # Nothing else is in alice's stream: the next one is this sentinel.
+            (last,) = ops.publish_events([event(coll, "sentinel", x=-20.0)])
+            assert [(n.event_id, n.event.granule) for n in take(sa, 2)] == [
+                (last, "sentinel"),
+                (last, "sentinel"),
+            ]
+        with pytest.raises(grpc.RpcError) as e, bob.watch(owner="alice", timeout=10) as s:
+            take(s, 1)
+        assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_filters(served: tuple[RunningServer, dict[str, str]]) -> None:
+    with client(served, "ops") as ops, client(served, "alice") as alice:
+        ops.create_collection("WATCH_F", "1")
+        ops.create_collection("WATCH_G", "1")
+        f1 = subscribe(alice, "WATCH_F.1", (-50, 50), [WATCH])
+        f2 = subscribe(alice, "WATCH_F.1", (-50, 50), [WATCH])
+        g1 = subscribe(alice, "WATCH_G.1", (-50, 50), [WATCH])
+        with alice.watch(subscription_ids=[f2.id], timeout=30) as by_sub, \
+                alice.watch(collection="WATCH_G.1", timeout=30) as by_coll:  # fmt: skip
+            assert by_sub.start_cursor and by_coll.start_cursor
+            f = ops.publish_events([event("WATCH_F.1", "f")])
+            g = ops.publish_events([event("WATCH_G.1", "g")])
+            f += ops.publish_events([event("WATCH_F.1", "f2")])
+            assert [(n.event_id, n.subscription_id) for n in take(by_sub, 2)] == [
+                (f[0], f2.id),
+                (f[1], f2.id),
+            ]
+            assert [(n.event_id, n.subscription_id) for n in take(by_coll, 1)] == [(g[0], g1.id)]
+        assert f1.id != f2.id
+        with pytest.raises(grpc.RpcError) as e, alice.watch(collection="NOPE.1") as s:
+            take(s, 1)
+        assert e.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_reconnect_resumes_without_loss_or_repeat(
+    served: tuple[RunningServer, dict[str, str]],
+) -> None:
+    with client(served, "ops") as ops, client(served, "alice") as alice:
+        ops.create_collection("WATCH_R", "1")
+        s1 = subscribe(alice, "WATCH_R.1", (-50, 50), [WATCH])
+        with alice.watch(collection="WATCH_R.1", timeout=30) as s:
+            start = s.start_cursor
+        # Published while disconnected, before a single notification was seen: the opening
+        # cursor is enough to resume.
+        ids = ops.publish_events([event("WATCH_R.1", f"r{i}") for i in range(5)])
+        received: list[pb.Notification] = []
+        with alice.watch(start, collection="WATCH_R.1", timeout=30) as s:
+            received += take(s, 3)
+        ids += ops.publish_events([event("WATCH_R.1", f"r{i}") for i in range(5, 12)])
+        with alice.watch(received[-1].id, collection="WATCH_R.1", timeout=30) as s:
+            received += take(s, 4)
+            ids += ops.publish_events([event("WATCH_R.1", f"r{i}") for i in range(12, 20)])
+            received += take(s, 4)
+        with alice.watch(received[-1].id, collection="WATCH_R.1", timeout=30) as s:
+            received += take(s, 9)
+        assert [n.event_id for n in received] == ids
+        assert {n.subscription_id for n in received} == {s1.id}
+        assert [n.event.granule for n in received] == [f"r{i}" for i in range(20)]
+        # from the oldest: the whole history again, in order
+        with alice.watch(from_oldest=True, collection="WATCH_R.1", timeout=30) as s:
+            assert [n.id for n in take(s, 20)] == [n.id for n in received]
+
+
+def test_catalog_images_reach_watchers(served: tuple[RunningServer, dict[str, str]]) -> None:
+    srv, _ = served
+    with client(served, "alice") as alice:
+        s = alice.create_subscription(
+            pb.Subscription(
+                collection="AIA_171.1",
+                event_types=[pb.SUBSCRIPTION_EVENT_TYPE_INSERT],
+                actions=[WATCH],
+            )
+        )
+        n_aia = len(list(srv.archive.rglob("*SDO_AIA_AIA_171.jp2")))
+        with alice.watch(collection="AIA_171.1", timeout=60) as stream:
+            assert stream.start_cursor
+            alice.ingest([str(srv.archive)])
+            got = take(stream, n_aia)
+        assert {n.subscription_id for n in got} == {s.id}
+        assert all(n.event.granule.endswith("SDO_AIA_AIA_171.jp2") for n in got)
+        assert len({n.event.granule for n in got}) == n_aia
+        assert all(n.event.HasField("footprint") for n in got)
+
+
+def test_bad_requests(served: tuple[RunningServer, dict[str, str]]) -> None:
+    srv, _ = served
+    with client(served, "alice") as alice:
+        for cursor, field in [
+            ("nonsense", "cursor"),
+            ("0x1-2-3", "cursor"),
+            (f"{1 << 40:016x}-{1:016x}-0000", "cursor"),  # an event not recorded yet
+        ]:
+            with pytest.raises(grpc.RpcError) as e, alice.watch(cursor) as s:
+                take(s, 1)
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, cursor
+            assert field_of(e.value) == field
+        with alice.watch() as s:
+            cursor = s.start_cursor
+        with pytest.raises(grpc.RpcError) as e, alice.watch(cursor, from_oldest=True) as s:
+            _ = s.start_cursor
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert field_of(e.value) == "from_oldest"
+    with HeliostatClient(srv.target) as anon:
+        with pytest.raises(grpc.RpcError) as e, anon.watch() as s:
+            take(s, 1)
+        assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_kill_9_then_resume(tmp_path: Path) -> None:
+    """Every acknowledged event's notification arrives once, across a kill -9 of the server."""
+    root = tmp_path / "archive"
+    root.mkdir()
+    tokens = issue_tokens(root)
+    srv = start_server(root, ingest=False)
+    acked: list[int] = []
+    received: list[pb.Notification] = []
+    try:
+        with HeliostatClient(srv.target, token=tokens["ops"]) as ops, \
+                HeliostatClient(srv.target, token=tokens["alice"]) as alice:  # fmt: skip
+            ops.create_collection("K", "1")
+            sub = subscribe(alice, "K.1", (-50, 50), [EMAIL, WATCH])
+            stream = alice.watch(timeout=60)
+            assert stream.start_cursor
+            for b in range(10):
+                acked += ops.publish_events([event("K.1", f"k{b}-{i}") for i in range(10)])
+                if b < 4:
+                    received += take(stream, 10)
+            stream.cancel()
+            os.kill(srv.proc.pid, signal.SIGKILL)
+            srv.proc.wait()
+    finally:
+        stop_server(srv)
+    srv = start_server(root, ingest=False)
+    try:
+        with HeliostatClient(srv.target, token=tokens["alice"]) as alice, \
+                alice.watch(received[-1].id, timeout=60) as stream:  # fmt: skip
+            received += take(stream, len(acked) - len(received))
+    finally:
+        stop_server(srv)
+    assert [n.event_id for n in received] == acked
+    assert {n.subscription_id for n in received} == {sub.id}
+    assert len({n.id for n in received}) == len(acked)
+
+
+# -- domain level: retention and other processes -------------------------------------------------
+
+OP = Principal("ops", operator=True)
+ALICE = Principal("alice")
+
+
+def setup_store(path: Path) -> None:
+    svc = SubscriptionService(path)
+    try:
+        svc.create_collection(OP, Collection("D", "1", "geographic"))
+        svc.create(ALICE, Subscription(0, "", "D.1", frozenset({"insert"}),
+                                       actions=(Action("watch", ()),)))  # fmt: skip
+    finally:
+        svc.close()
+
+
+def granules(n: int, start: int = 0) -> list[GranuleEvent]:
+    return [GranuleEvent("D.1", "insert", f"d{i}", 0, 0, Box(0, 0, 1, 1))
+            for i in range(start, start + n)]  # fmt: skip
+
+
+async def collect(svc: SubscriptionService, n: int, **kw: object) -> list[str]:
+    out: list[str] = []
+    pages = svc.watch(ALICE, **kw).pages()  # type: ignore[arg-type]
+    async with asyncio.timeout(20):
+        async for page in pages:
+            out += [a.id for a in page]
+            if len(out) >= n:
+                break
+    return out
+
+
+def test_retention_cursor_out_of_range(tmp_path: Path) -> None:
+    path = tmp_path / "subs"
+    setup_store(path)
+    svc = SubscriptionService(path)
+    try:
+        ids = asyncio.run(collect_after_publish(svc, 10))
+    finally:
+        svc.close()
+    # What the retention driver does to finished work: events 1-4 and their actions go.
+    env = lmdb.open(str(path), max_dbs=32)
+    with env.begin(write=True) as txn:
+        events, actions = env.open_db(b"events", txn=txn), env.open_db(b"actions", txn=txn)
+        by_owner = env.open_db(b"actions_by_owner", txn=txn)
+        for aid in ids[:4]:
+            e, s, k = (int(p, 16) for p in aid.split("-"))
+            txn.delete(e.to_bytes(8, "big"), db=events)
+            key = e.to_bytes(8, "big") + s.to_bytes(8, "big") + k.to_bytes(2, "big")
+            txn.delete(key, db=actions)
+            txn.delete(b"alice\0" + key, db=by_owner)
+    env.close()
+    svc = SubscriptionService(path)
+    try:
+        with pytest.raises(OutOfRange) as e:
+            svc.watch(ALICE, cursor=ids[1])
+        assert e.value.field == "cursor"
+        # Right before the oldest kept, nothing was lost: fine; and from the oldest works.
+        assert asyncio.run(collect(svc, 6, cursor=ids[3])) == ids[4:]
+        assert asyncio.run(collect(svc, 6, from_oldest=True)) == ids[4:]
+        with pytest.raises(InvalidArgument) as e2:
+            svc.watch(ALICE, cursor="1-2-3")
+        assert e2.value.field == "cursor"
+    finally:
+        svc.close()
+
+
+async def collect_after_publish(svc: SubscriptionService, n: int) -> list[str]:
+    task = asyncio.create_task(collect(svc, n))
+    await asyncio.sleep(0.1)  # the stream is open (it starts after what exists now)
+    await asyncio.get_running_loop().run_in_executor(None, svc.publish, OP, granules(n))
+    return await task
+
+
+PUBLISHER = """
+import sys, time
+from pathlib import Path
+from heliostat.subscriptions.auth import Principal
+from heliostat.subscriptions.model import Box, GranuleEvent
+from heliostat.subscriptions.service import SubscriptionService
+svc = SubscriptionService(Path(sys.argv[1]))
+for b in range(5):
+    batch = [GranuleEvent("D.1", "insert", f"x{b}-{i}", 0, 0, Box(0, 0, 1, 1)) for i in range(4)]
+    svc.publish(Principal("ops", operator=True), batch)
+    time.sleep(0.05)
+svc.close()
+"""
+
+
+def test_events_of_another_process_are_delivered(tmp_path: Path) -> None:
+    """Two processes share the store (serve --processes): a poll picks up the other's events."""
+    path = tmp_path / "subs"
+    setup_store(path)
+    svc = SubscriptionService(path)
+
+    async def run() -> list[str]:
+        task = asyncio.create_task(collect(svc, 20))
+        await asyncio.sleep(0.1)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", PUBLISHER, str(path), stdout=subprocess.PIPE
+        )
+        await proc.communicate()
+        return await task
+
+    try:
+        got = asyncio.run(run())
+    finally:
+        svc.close()
+    assert len(got) == len(set(got)) == 20
+    assert got == sorted(got)
