@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -187,6 +188,35 @@ def test_reconnect_resumes_without_loss_or_repeat(
         # from the oldest: the whole history again, in order
         with alice.watch(from_oldest=True, collection="WATCH_R.1", timeout=30) as s:
             assert [n.id for n in take(s, 20)] == [n.id for n in received]
+
+
+def test_a_stalled_watcher_holds_back_nobody(
+    served: tuple[RunningServer, dict[str, str]],
+) -> None:
+    """A watcher that stops reading is held by flow control (the server reads a page only once
+    the previous one is written); the others keep up, and it gets everything when it reads."""
+    with client(served, "ops") as ops, client(served, "alice") as alice, \
+            client(served, "bob") as bob:  # fmt: skip
+        ops.create_collection("WATCH_S", "1")
+        subscribe(alice, "WATCH_S.1", (-50, 50), [WATCH])
+        with alice.watch(collection="WATCH_S.1", timeout=60) as slow, \
+                alice.watch(collection="WATCH_S.1", timeout=60) as fast, \
+                bob.watch(timeout=60) as other:  # fmt: skip
+            assert slow.start_cursor and fast.start_cursor and other.start_cursor
+            ids = ops.publish_events([event("WATCH_S.1", "s0")])
+            assert take(slow, 1)[0].event_id == ids[0]
+            for b in range(3):
+                ids += ops.publish_events(
+                    [event("WATCH_S.1", f"s{b}-{i}", x=-40 + i % 80) for i in range(1000)]
+                )
+            t0 = time.monotonic()
+            assert [n.event_id for n in take(fast, len(ids))] == ids
+            fast_s = time.monotonic() - t0
+            bobs = subscribe(bob, "WATCH_S.1", (-50, 50), [WATCH])
+            (last,) = ops.publish_events([event("WATCH_S.1", "s-last")])
+            assert [(n.event_id, n.subscription_id) for n in take(other, 1)] == [(last, bobs.id)]
+            assert [n.event_id for n in take(slow, len(ids))] == [*ids[1:], last]
+        assert fast_s < 30
 
 
 def test_catalog_images_reach_watchers(served: tuple[RunningServer, dict[str, str]]) -> None:
