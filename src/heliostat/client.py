@@ -50,14 +50,15 @@ class NotificationStream:
     ``grpc.RpcError`` on a failure or an expired timeout, normally when the server shuts down;
     ``cancel`` (or leaving a ``with`` block) closes it."""
 
-    def __init__(self, call: Iterator[subscriptions_pb2.Notification]) -> None:
+    def __init__(self, call: Iterator[subscriptions_pb2.WatchNotificationsResponse]) -> None:
         self._call = call
+        self._items = (n for r in call for n in r.notifications)
 
     def __iter__(self) -> Iterator[subscriptions_pb2.Notification]:
-        return self._call
+        return self._items
 
     def __next__(self) -> subscriptions_pb2.Notification:
-        return next(self._call)
+        return next(self._items)
 
     @property
     def start_cursor(self) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 import sys
 import threading
@@ -100,6 +101,9 @@ class Server:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self.executor, self.app.warm)
         await loop.run_in_executor(self.executor, self._feed_all)  # once at start
+        # What start-up made (modules, kernels, indexes) lives for good: out of the collector's
+        # sight, a full collection takes microseconds instead of pausing every call ~60 ms.
+        gc.freeze()
         self._feeder = asyncio.create_task(self._feed_subscriptions())
         await self._set_all(health_pb2.HealthCheckResponse.SERVING)
         return port

@@ -401,5 +401,7 @@ class SubscriptionServicer(subscriptions_pb2_grpc.SubscriptionServiceServicer):
         # The position is fixed: a client may publish now and will see the events.
         await context.send_initial_metadata((("heliostat-cursor", watch.start_id),))
         async for page in watch.pages():
-            for a in page:
-                await context.write(_notification_out(a))  # waits while the client is slow
+            # One message per page: one write (and flow-control wait) for a whole batch.
+            await context.write(
+                pb.WatchNotificationsResponse(notifications=[_notification_out(a) for a in page])
+            )
