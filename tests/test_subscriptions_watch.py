@@ -293,8 +293,14 @@ def test_kill_9_then_resume(tmp_path: Path) -> None:
         with HeliostatClient(srv.target, token=tokens["alice"]) as alice, \
                 alice.watch(received[-1].id, timeout=60) as stream:  # fmt: skip
             received += take(stream, len(acked) - len(received))
+            # A graceful stop ends open streams at once (they would hold it for the grace).
+            t0 = time.monotonic()
+            stop_server(srv)
+            assert time.monotonic() - t0 < 8
+            assert list(stream) == []  # ended, not failed: the client reconnects
     finally:
-        stop_server(srv)
+        if srv.proc.poll() is None:
+            stop_server(srv)
     assert [n.event_id for n in received] == acked
     assert {n.subscription_id for n in received} == {sub.id}
     assert len({n.id for n in received}) == len(acked)
@@ -360,6 +366,9 @@ def test_retention_cursor_out_of_range(tmp_path: Path) -> None:
         # Right before the oldest kept, nothing was lost: fine; and from the oldest works.
         assert asyncio.run(collect(svc, 6, cursor=ids[3])) == ids[4:]
         assert asyncio.run(collect(svc, 6, from_oldest=True)) == ids[4:]
+        start = svc.watch(ALICE, from_oldest=True).start_id
+        assert start == f"{4:016x}-{(1 << 64) - 1:016x}-ffff"
+        assert asyncio.run(collect(svc, 6, cursor=start)) == ids[4:]  # a cursor to resume from
         with pytest.raises(InvalidArgument) as e2:
             svc.watch(ALICE, cursor="1-2-3")
         assert e2.value.field == "cursor"

@@ -147,7 +147,7 @@ class Watch:
     def __init__(self, hub: Notifications, start: bytes, start_id: str, keep: WatchFilter) -> None:
         self._hub = hub
         self._key = start
-        self.start_id = start_id  # the cursor the stream starts after ("" from the oldest)
+        self.start_id = start_id  # the cursor the stream starts after
         self._keep = keep
 
     def _read(self) -> tuple[list[MatchedAction], bool]:
@@ -194,13 +194,12 @@ class Notifications:
         """A stream after ``cursor`` (an action id), from the oldest action kept, or (neither)
         after the last event recorded now."""
         oldest, last = self.store.event_ids()
-        if from_oldest:
-            if cursor:
-                raise InvalidArgument("give a cursor or from_oldest, not both", field="from_oldest")
-            return Watch(self, b"", "", keep)
-        if not cursor:
-            return Watch(self, action_key(action_id(last, _MAX_SUB, _MAX_INDEX)),
-                         action_id(last, _MAX_SUB, _MAX_INDEX), keep)  # fmt: skip
+        if from_oldest and cursor:
+            raise InvalidArgument("give a cursor or from_oldest, not both", field="from_oldest")
+        if from_oldest or not cursor:
+            # After every action of the event before the first one wanted: a valid cursor.
+            start = action_id(oldest - 1 if from_oldest else last, _MAX_SUB, _MAX_INDEX)
+            return Watch(self, action_key(start), start, keep)
         if not _ACTION_ID.match(cursor):
             raise InvalidArgument("not an action id", field="cursor")
         key = action_key(cursor)
