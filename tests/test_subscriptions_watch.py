@@ -4,24 +4,27 @@ cursor, image ingest, bad cursors, retention, kill -9 of the server, and other p
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import itertools
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
-import lmdb
 import pytest
 
 from heliostat.client import HeliostatClient, NotificationStream
 from heliostat.errors import InvalidArgument, OutOfRange
 from heliostat.subscriptions.auth import Principal, create_token
 from heliostat.subscriptions.model import Action, Box, Collection, GranuleEvent, Subscription
+from heliostat.subscriptions.notifications import PROGRESS_S, Page, Watch
 from heliostat.subscriptions.service import SubscriptionService
 from heliostat.subscriptions.store import SubscriptionStore
 from heliostat.v1 import subscriptions_pb2 as pb
@@ -219,6 +222,35 @@ def test_a_stalled_watcher_holds_back_nobody(
         assert fast_s < 30
 
 
+def test_client_cursor_moves_on_past_others_events(
+    served: tuple[RunningServer, dict[str, str]],
+) -> None:
+    with client(served, "ops") as ops, client(served, "bob") as bob:
+        ops.create_collection("WATCH_P", "1")  # nobody subscribes to it
+        stream = bob.watch(timeout=30)
+        assert stream.cursor == stream.start_cursor
+        got: list[pb.Notification] = []
+
+        def drain() -> None:
+            with contextlib.suppress(grpc.RpcError):  # cancelled below
+                got.extend(stream)
+
+        reader = threading.Thread(target=drain, daemon=True)
+        reader.start()
+        ops.publish_events([event("WATCH_P.1", "p0")])
+        time.sleep(1.2)  # progress-only messages come at most every second
+        (last,) = ops.publish_events([event("WATCH_P.1", "p1")])
+        end = f"{last:016x}-{(1 << 64) - 1:016x}-ffff"
+        deadline = time.monotonic() + 10
+        while stream.cursor != end and time.monotonic() < deadline:
+            time.sleep(0.02)
+        stream.cancel()
+        reader.join(10)
+        assert stream.cursor == end and got == []
+    with client(served, "bob") as bob, bob.watch(end, timeout=30) as again:
+        assert again.start_cursor == end
+
+
 def test_catalog_images_reach_watchers(served: tuple[RunningServer, dict[str, str]]) -> None:
     srv, _ = served
     with client(served, "alice") as alice:
@@ -332,10 +364,32 @@ async def collect(svc: SubscriptionService, n: int, **kw: object) -> list[str]:
     pages = svc.watch(ALICE, **kw).pages()  # type: ignore[arg-type]
     async with asyncio.timeout(20):
         async for page in pages:
-            out += [a.id for a in page]
+            out += [a.id for a in page.actions]
             if len(out) >= n:
                 break
     return out
+
+
+REMOVER = """
+import sys
+import lmdb
+# What the retention driver does to finished work: events up to argv[2] go, with their actions.
+env = lmdb.open(sys.argv[1], max_dbs=32)
+through = int(sys.argv[2])
+with env.begin(write=True) as txn:
+    for name, at in ((b"events", 0), (b"actions", 0), (b"actions_by_owner", -18)):
+        db = env.open_db(name, txn=txn)
+        gone = [k for k in txn.cursor(db).iternext(values=False)
+                if int.from_bytes(k[at:][:8], "big") <= through]
+        for k in gone:
+            txn.delete(k, db=db)
+env.close()
+"""
+
+
+def remove_events(path: Path, through: int) -> None:
+    """Retention, from another process (LMDB must not be opened twice in one)."""
+    subprocess.run([sys.executable, "-c", REMOVER, str(path), str(through)], check=True)
 
 
 def test_retention_cursor_out_of_range(tmp_path: Path) -> None:
@@ -344,24 +398,13 @@ def test_retention_cursor_out_of_range(tmp_path: Path) -> None:
     svc = SubscriptionService(path)
     try:
         ids = asyncio.run(collect_after_publish(svc, 10))
-    finally:
-        svc.close()
-    # What the retention driver does to finished work: events 1-4 and their actions go.
-    env = lmdb.open(str(path), max_dbs=32)
-    with env.begin(write=True) as txn:
-        events, actions = env.open_db(b"events", txn=txn), env.open_db(b"actions", txn=txn)
-        by_owner = env.open_db(b"actions_by_owner", txn=txn)
-        for aid in ids[:4]:
-            e, s, k = (int(p, 16) for p in aid.split("-"))
-            txn.delete(e.to_bytes(8, "big"), db=events)
-            key = e.to_bytes(8, "big") + s.to_bytes(8, "big") + k.to_bytes(2, "big")
-            txn.delete(key, db=actions)
-            txn.delete(b"alice\0" + key, db=by_owner)
-    env.close()
-    svc = SubscriptionService(path)
-    try:
+        overtaken = svc.watch(ALICE, cursor=ids[0])  # valid now; retention then passes it
+        remove_events(path, 4)
         with pytest.raises(OutOfRange) as e:
             svc.watch(ALICE, cursor=ids[1])
+        assert e.value.field == "cursor"
+        with pytest.raises(OutOfRange) as e:
+            asyncio.run(first_page(overtaken))
         assert e.value.field == "cursor"
         # Right before the oldest kept, nothing was lost: fine; and from the oldest works.
         assert asyncio.run(collect(svc, 6, cursor=ids[3])) == ids[4:]
@@ -383,11 +426,49 @@ async def collect_after_publish(svc: SubscriptionService, n: int) -> list[str]:
     return await task
 
 
+async def first_page(w: Watch) -> Page:
+    async with asyncio.timeout(20):
+        async for page in w.pages():
+            return page
+    raise AssertionError("the stream ended")
+
+
+def test_idle_cursor_moves_past_others_events(tmp_path: Path) -> None:
+    """A watcher with nothing to receive still gets its cursor moved on, so retention of
+    others' events does not make it OUT_OF_RANGE."""
+    path = tmp_path / "subs"
+    setup_store(path)
+    svc = SubscriptionService(path)
+    try:
+        svc.create_collection(OP, Collection("E", "1", "geographic"))
+        others = [dataclasses.replace(g, collection="E.1") for g in granules(5)]
+        w = svc.watch(ALICE)
+
+        async def run() -> Page:
+            task = asyncio.create_task(first_page(w))
+            await asyncio.sleep(0.1)
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(None, svc.publish, OP, others[:2])
+            await asyncio.sleep(PROGRESS_S + 0.1)
+            await loop.run_in_executor(None, svc.publish, OP, others[2:])
+            return await task
+
+        page = asyncio.run(run())
+        assert page.actions == [] and page.cursor == f"{5:016x}-{(1 << 64) - 1:016x}-ffff"
+        remove_events(path, 5)
+        with pytest.raises(OutOfRange):
+            svc.watch(ALICE, cursor=w.start_id)
+        assert svc.watch(ALICE, cursor=page.cursor).start_id == page.cursor
+    finally:
+        svc.close()
+
+
 PUBLISHER = """
 import sys, time
 from pathlib import Path
 from heliostat.subscriptions.auth import Principal
 from heliostat.subscriptions.model import Box, GranuleEvent
+from heliostat.subscriptions.notifications import PROGRESS_S, Page, Watch
 from heliostat.subscriptions.service import SubscriptionService
 svc = SubscriptionService(Path(sys.argv[1]))
 for b in range(5):

@@ -45,14 +45,28 @@ _FORMATS = {
 
 
 class NotificationStream:
-    """A live WatchNotifications stream: iterate for notifications (each ``id`` is the cursor to
-    resume from); ``start_cursor`` is the position the server fixed before the first. Ends with
+    """A live WatchNotifications stream: iterate for notifications; ``cursor`` is where to resume
+    (``start_cursor`` the position the server fixed before the first). Ends with
     ``grpc.RpcError`` on a failure or an expired timeout, normally when the server shuts down;
     ``cancel`` (or leaving a ``with`` block) closes it."""
 
     def __init__(self, call: Iterator[subscriptions_pb2.WatchNotificationsResponse]) -> None:
         self._call = call
-        self._items = (n for r in call for n in r.notifications)
+        self._cursor = ""
+        self._items = self._flatten()
+
+    def _flatten(self) -> Iterator[subscriptions_pb2.Notification]:
+        for r in self._call:
+            for n in r.notifications:
+                self._cursor = n.id
+                yield n
+            self._cursor = r.cursor  # past actions not for us: reached once those above are done
+
+    @property
+    def cursor(self) -> str:
+        """Where to resume after a reconnect: the last notification taken from the iterator,
+        or further on past others' events; the start cursor before any."""
+        return self._cursor or self.start_cursor
 
     def __iter__(self) -> Iterator[subscriptions_pb2.Notification]:
         return self._items

@@ -403,5 +403,7 @@ class SubscriptionServicer(subscriptions_pb2_grpc.SubscriptionServiceServicer):
         async for page in watch.pages():
             # One message per page: one write (and flow-control wait) for a whole batch.
             await context.write(
-                pb.WatchNotificationsResponse(notifications=[_notification_out(a) for a in page])
+                pb.WatchNotificationsResponse(
+                    notifications=[_notification_out(a) for a in page.actions], cursor=page.cursor
+                )
             )

@@ -9,11 +9,15 @@ Waking up: the service calls ``RecordSignal.notify`` after each recording transa
 which wakes the streams of this process at once; a poll of the store's last event id every
 POLL_S wakes them for events recorded by other processes serving the same store.
 
-Retention: event ids are dense, so when the oldest event kept is above the cursor's event + 1,
-events after the cursor were removed and the stream refuses to start (OutOfRange naming
-``cursor``) rather than skip them silently; the watcher starts again with ``from_oldest``. The
-check cannot see the rest of the cursor's own event being removed: retention runs on an age far
-beyond a watcher's reconnect.
+Retention: event ids are dense, so when the oldest event kept is above the position's event + 1,
+events after the position were removed; rather than skip them silently, the stream refuses to
+start, or ends if a stalled stream was overtaken (OutOfRange naming ``cursor``), and the watcher
+starts again with ``from_oldest``. The check cannot see the rest of the position's own event
+being removed: retention runs on an age far beyond a watcher's reconnect.
+
+Watch actions are read through the store's ``actions_after`` (the owner's actions, or all for
+the operator) and filtered here, so a stream reads its owner's other actions too; it keeps to the
+store's contract and costs a few microseconds per action.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from heliostat.subscriptions.store import SubscriptionStore, action_key
 
 POLL_S = 0.025  # how soon events recorded by another process reach this one's streams
 PAGE = 256  # actions read per store transaction
+PROGRESS_S = 1.0  # how often an idle stream's cursor moves on past others' events
 READ_THREADS = 2
 _MAX_SUB = (1 << 64) - 1
 _MAX_INDEX = (1 << 16) - 1
@@ -141,6 +146,15 @@ class WatchFilter:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class Page:
+    """Notifications in id order, and the position after them: the last one's id, or further
+    when the stream read past actions not for this watcher (a cursor to resume from)."""
+
+    actions: list[MatchedAction]
+    cursor: str
+
+
 class Watch:
     """One watcher's stream: a position in action-key order and a filter."""
 
@@ -150,25 +164,38 @@ class Watch:
         self.start_id = start_id  # the cursor the stream starts after
         self._keep = keep
 
-    def _read(self) -> tuple[list[MatchedAction], bool]:
+    def _read(self, seen: int) -> tuple[list[MatchedAction], bool]:
         """The next page's watch actions passing the filter, and whether more may follow at
         once; the position moves past every action read, kept or not."""
-        got = self._hub.store.actions_after(self._key, PAGE, self._keep.owner)
+        store = self._hub.store
+        # Checked before the read: events removed by then would be missing from it.
+        _check_kept(_event_of(self._key), store.event_ids())
+        got = store.actions_after(self._key, PAGE, self._keep.owner)
         if got:
             self._key = action_key(got[-1].id)
-        return [a for a in got if self._keep(a)], len(got) == PAGE
+        more = len(got) == PAGE
+        if not more:
+            # Caught up: this read held every action of the events up to `seen`, so the
+            # position passes them even when none was this watcher's (retention then removing
+            # them is no loss to it).
+            self._key = max(self._key, action_key(_end_of(seen)))
+        return [a for a in got if self._keep(a)], more
 
-    async def pages(self) -> AsyncIterator[list[MatchedAction]]:
-        """Pages of notifications, each non-empty, for ever: until the hub closes."""
+    async def pages(self) -> AsyncIterator[Page]:
+        """Pages of notifications for ever (until the hub closes); a page without any, only to
+        move the cursor on, at most every PROGRESS_S."""
         loop = asyncio.get_running_loop()
         signal = self._hub.signal
+        sent, sent_at = self.start_id, loop.time()
         while not signal.closed:
             # Every event up to `seen` was committed before this read starts, so the read holds
             # them all; any event it misses is above `seen` and wakes the wait below.
             seen = signal.last
-            page, more = await loop.run_in_executor(self._hub.executor, self._read)
-            if page:
-                yield page
+            actions, more = await loop.run_in_executor(self._hub.executor, self._read, seen)
+            cursor = _id_of(self._key)
+            if actions or (cursor != sent and loop.time() - sent_at >= PROGRESS_S):
+                yield Page(actions, cursor)
+                sent, sent_at = cursor, loop.time()
             if not more:
                 await signal.wait_beyond(seen)
 
@@ -198,18 +225,37 @@ class Notifications:
             raise InvalidArgument("give a cursor or from_oldest, not both", field="from_oldest")
         if from_oldest or not cursor:
             # After every action of the event before the first one wanted: a valid cursor.
-            start = action_id(oldest - 1 if from_oldest else last, _MAX_SUB, _MAX_INDEX)
+            start = _end_of(oldest - 1 if from_oldest else last)
             return Watch(self, action_key(start), start, keep)
         if not _ACTION_ID.match(cursor):
             raise InvalidArgument("not an action id", field="cursor")
         key = action_key(cursor)
-        event = struct.unpack_from(">Q", key)[0]
+        event = _event_of(key)
         if event > last:
             raise InvalidArgument(f"names event {event}, not recorded yet", field="cursor")
-        if event + 1 < oldest:
-            raise OutOfRange(
-                f"events {event + 1}-{oldest - 1} after it were removed by retention; "
-                "start again from_oldest",
-                field="cursor",
-            )
+        _check_kept(event, (oldest, last))
         return Watch(self, key, cursor, keep)
+
+
+def _end_of(event: int) -> str:
+    """The position after every action of an event."""
+    return action_id(event, _MAX_SUB, _MAX_INDEX)
+
+
+def _id_of(key: bytes) -> str:
+    return action_id(*struct.unpack(">QQH", key))
+
+
+def _event_of(key: bytes) -> int:
+    return int(struct.unpack_from(">Q", key)[0])
+
+
+def _check_kept(event: int, ids: tuple[int, int]) -> None:
+    """OutOfRange when events after ``event`` were removed (ids: oldest kept, last recorded)."""
+    oldest = ids[0]
+    if event + 1 < oldest:
+        raise OutOfRange(
+            f"events {event + 1}-{oldest - 1} after it were removed by retention; "
+            "start again from_oldest",
+            field="cursor",
+        )
