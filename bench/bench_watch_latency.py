@@ -6,7 +6,8 @@ and a mean fan-out of ~5; a fifth of them belong to the watcher and carry a watc
 gets ~1 notification per event), the rest e-mail actions of 1,000 other owners. The clock of a
 notification runs from the moment its event's PublishEvents call returned to the publisher to the
 moment the watcher's iterator yields it; both run in this process (one monotonic clock), the
-server in another. Two series: the watcher on the server that records the events (woken after
+server in another (a notification can overtake the acknowledgement: the minimum may be below
+zero). Two series: the watcher on the server that records the events (woken after
 the commit), and on a second server process sharing the store (woken by its poll of the store).
 
 Baselines in the same run: a no-op RPC (health Check) round trip, sampled every 50 ms throughout,

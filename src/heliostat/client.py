@@ -60,7 +60,8 @@ class NotificationStream:
             for n in r.notifications:
                 self._cursor = n.id
                 yield n
-            self._cursor = r.cursor  # past actions not for us: reached once those above are done
+            if r.cursor:  # past actions not for us: reached once those above are done
+                self._cursor = r.cursor
 
     @property
     def cursor(self) -> str:
