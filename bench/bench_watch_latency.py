@@ -155,6 +155,31 @@ class Run:
         return [t - self.acks[e] for e, t in self.received if e in self.acks]
 
 
+def replay(report: Report, srv: RunningServer, tokens: dict[str, str]) -> None:
+    """The watcher's whole backlog streamed from the oldest, beside paging through the same
+    actions with ListActions (1,000 a call) in the same run."""
+    with HeliostatClient(srv.target, token=tokens[WATCHER]) as c:
+        t0 = time.perf_counter()
+        pages = 0
+        after = ""
+        while page := c.actions(after=after, limit=1000):
+            after = page[-1].id
+            pages += len(page)
+        list_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        with c.watch(from_oldest=True) as stream:
+            streamed = 0
+            for n in stream:
+                streamed += 1
+                if n.id == after:
+                    break
+        stream_s = time.perf_counter() - t0
+    assert streamed == pages, (streamed, pages)
+    report.add("backlog replay from the oldest (WatchNotifications)", streamed / stream_s,
+               "notifications/s", baseline_name="ListActions pages of 1,000",
+               baseline_value=pages / list_s, notifications=streamed)  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--subs", type=int, default=100_000)
@@ -220,6 +245,7 @@ def main() -> None:
                 )  # fmt: skip
                 report.add(f"{series}: publish rate achieved", events / elapsed, "events/s",
                            notifications=len(run.received))  # fmt: skip
+            replay(report, a, tokens)
         finally:
             stop_server(b)
             stop_server(a)
