@@ -21,10 +21,16 @@ import grpc
 import pytest
 
 from heliostat.client import HeliostatClient, NotificationStream
-from heliostat.errors import InvalidArgument, OutOfRange
+from heliostat.errors import InvalidArgument, OutOfRange, ResourceExhausted
 from heliostat.subscriptions.auth import Principal, create_token
 from heliostat.subscriptions.model import Action, Box, Collection, GranuleEvent, Subscription
-from heliostat.subscriptions.notifications import PROGRESS_S, Page, Watch
+from heliostat.subscriptions.notifications import (
+    PROGRESS_S,
+    Notifications,
+    Page,
+    Watch,
+    WatchFilter,
+)
 from heliostat.subscriptions.service import SubscriptionService
 from heliostat.subscriptions.store import SubscriptionStore
 from heliostat.v1 import subscriptions_pb2 as pb
@@ -463,12 +469,46 @@ def test_idle_cursor_moves_past_others_events(tmp_path: Path) -> None:
         svc.close()
 
 
+def test_streams_are_limited(tmp_path: Path) -> None:
+    path = tmp_path / "subs"
+    setup_store(path)
+    svc = SubscriptionService(path)
+    hub = Notifications(svc.store, max_streams=2)
+    try:
+        a, b = (hub.open("", False, WatchFilter("alice")) for _ in range(2))
+        with pytest.raises(ResourceExhausted):
+            hub.open("", False, WatchFilter("alice"))
+        a.close()
+        a.close()  # once only
+        assert hub.streams == 1
+        c = hub.open("", False, WatchFilter(None))
+
+        async def end_of_stream() -> None:  # a stream that ends gives its place back
+            hub.end_streams()
+            async for _ in c.pages():
+                raise AssertionError("nothing to send")
+
+        asyncio.run(end_of_stream())
+        assert hub.streams == 1
+        b.close()
+        assert hub.streams == 0
+    finally:
+        hub.close()
+        svc.close()
+
+
 PUBLISHER = """
 import sys, time
 from pathlib import Path
 from heliostat.subscriptions.auth import Principal
 from heliostat.subscriptions.model import Box, GranuleEvent
-from heliostat.subscriptions.notifications import PROGRESS_S, Page, Watch
+from heliostat.subscriptions.notifications import (
+    PROGRESS_S,
+    Notifications,
+    Page,
+    Watch,
+    WatchFilter,
+)
 from heliostat.subscriptions.service import SubscriptionService
 svc = SubscriptionService(Path(sys.argv[1]))
 for b in range(5):

@@ -386,24 +386,26 @@ class SubscriptionServicer(subscriptions_pb2_grpc.SubscriptionServiceServicer):
     async def WatchNotifications(
         self, request: pb.WatchNotificationsRequest, context: Ctx, who: Principal
     ) -> None:
-        watch = await offload(
-            context,
-            self.executor,
-            lambda: self.subs.watch(
-                who,
-                cursor=request.cursor,
-                from_oldest=request.from_oldest,
-                owner=request.owner,
-                subscription_ids=list(request.subscription_ids),
-                collection=request.collection,
-            ),
+        # On the loop (one small LMDB read): a watch opened in the executor after the caller's
+        # deadline had passed would never give its place back.
+        watch = self.subs.watch(
+            who,
+            cursor=request.cursor,
+            from_oldest=request.from_oldest,
+            owner=request.owner,
+            subscription_ids=list(request.subscription_ids),
+            collection=request.collection,
         )
-        # The position is fixed: a client may publish now and will see the events.
-        await context.send_initial_metadata((("heliostat-cursor", watch.start_id),))
-        async for page in watch.pages():
-            # One message per page: one write (and flow-control wait) for a whole batch.
-            await context.write(
-                pb.WatchNotificationsResponse(
-                    notifications=[_notification_out(a) for a in page.actions], cursor=page.cursor
+        try:
+            # The position is fixed: a client may publish now and will see the events.
+            await context.send_initial_metadata((("heliostat-cursor", watch.start_id),))
+            async for page in watch.pages():
+                # One message per page: one write (and flow-control wait) for a whole batch.
+                await context.write(
+                    pb.WatchNotificationsResponse(
+                        notifications=[_notification_out(a) for a in page.actions],
+                        cursor=page.cursor,
+                    )
                 )
-            )
+        finally:
+            watch.close()  # at once, not when the suspended generator is collected

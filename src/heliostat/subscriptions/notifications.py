@@ -31,13 +31,16 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from heliostat.errors import InvalidArgument, OutOfRange
+from heliostat.errors import InvalidArgument, OutOfRange, ResourceExhausted
 from heliostat.subscriptions.model import MatchedAction, action_id
 from heliostat.subscriptions.store import SubscriptionStore, action_key
 
 POLL_S = 0.025  # how soon events recorded by another process reach this one's streams
 PAGE = 256  # actions read per store transaction
 PROGRESS_S = 1.0  # how often an idle stream's cursor moves on past others' events
+# Streams stay open, and each holds one of the server's concurrent calls: beyond this many in one
+# process, more are refused so that they cannot take every call from the other services.
+MAX_STREAMS = 256
 READ_THREADS = 2
 _MAX_SUB = (1 << 64) - 1
 _MAX_INDEX = (1 << 16) - 1
@@ -163,6 +166,13 @@ class Watch:
         self._key = start
         self.start_id = start_id  # the cursor the stream starts after
         self._keep = keep
+        self._open = True
+
+    def close(self) -> None:
+        """Give back the stream's place (idempotent; pages() does it when it ends)."""
+        if self._open:
+            self._open = False
+            self._hub.release()
 
     def _read(self, seen: int) -> tuple[list[MatchedAction], bool]:
         """The next page's watch actions passing the filter, and whether more may follow at
@@ -187,26 +197,38 @@ class Watch:
         loop = asyncio.get_running_loop()
         signal = self._hub.signal
         sent, sent_at = self.start_id, loop.time()
-        while not signal.closed:
-            # Every event up to `seen` was committed before this read starts, so the read holds
-            # them all; any event it misses is above `seen` and wakes the wait below.
-            seen = signal.last
-            actions, more = await loop.run_in_executor(self._hub.executor, self._read, seen)
-            cursor = _id_of(self._key)
-            if actions or (cursor != sent and loop.time() - sent_at >= PROGRESS_S):
-                yield Page(actions, cursor)
-                sent, sent_at = cursor, loop.time()
-            if not more:
-                await signal.wait_beyond(seen)
+        try:
+            while not signal.closed and self._open:
+                # Every event up to `seen` was committed before this read starts, so the read
+                # holds them all; any event it misses is above `seen` and wakes the wait below.
+                seen = signal.last
+                actions, more = await loop.run_in_executor(self._hub.executor, self._read, seen)
+                cursor = _id_of(self._key)
+                if actions or (cursor != sent and loop.time() - sent_at >= PROGRESS_S):
+                    yield Page(actions, cursor)
+                    sent, sent_at = cursor, loop.time()
+                if not more:
+                    await signal.wait_beyond(seen)
+        finally:
+            self.close()
 
 
 class Notifications:
     """The streams of one process over one store."""
 
-    def __init__(self, store: SubscriptionStore, *, poll_s: float = POLL_S) -> None:
+    def __init__(
+        self, store: SubscriptionStore, *, poll_s: float = POLL_S, max_streams: int = MAX_STREAMS
+    ) -> None:
         self.store = store
         self.signal = RecordSignal(lambda: store.event_ids()[1], poll_s=poll_s)
         self.executor = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="watch")
+        self.max_streams = max_streams
+        self._lock = threading.Lock()
+        self.streams = 0  # open now
+
+    def release(self) -> None:
+        with self._lock:
+            self.streams -= 1
 
     def end_streams(self) -> None:
         """End every stream once it has handed out its current page (server shutdown)."""
@@ -220,6 +242,14 @@ class Notifications:
     def open(self, cursor: str, from_oldest: bool, keep: WatchFilter) -> Watch:
         """A stream after ``cursor`` (an action id), from the oldest action kept, or (neither)
         after the last event recorded now."""
+        watch = self._open(cursor, from_oldest, keep)
+        with self._lock:
+            if self.streams >= self.max_streams:
+                raise ResourceExhausted(f"{self.max_streams} streams are open; try again later")
+            self.streams += 1
+        return watch
+
+    def _open(self, cursor: str, from_oldest: bool, keep: WatchFilter) -> Watch:
         oldest, last = self.store.event_ids()
         if from_oldest and cursor:
             raise InvalidArgument("give a cursor or from_oldest, not both", field="from_oldest")
