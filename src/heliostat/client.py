@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import Literal
+from typing import Literal, cast
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -42,6 +42,63 @@ _FORMATS = {
     "jpeg": render_pb2.IMAGE_FORMAT_JPEG,
     "webp": render_pb2.IMAGE_FORMAT_WEBP,
 }
+
+
+class NotificationStream:
+    """A live WatchNotifications stream: iterate for notifications; ``cursor`` is where to resume
+    (``start_cursor`` the position the server fixed before the first). Ends with
+    ``grpc.RpcError`` on a failure or an expired timeout, normally when the server shuts down;
+    ``cancel`` (or leaving a ``with`` block) closes it."""
+
+    def __init__(self, call: Iterator[subscriptions_pb2.WatchNotificationsResponse]) -> None:
+        self._call = call
+        self._cursor = ""
+        self._items = self._flatten()
+
+    def _flatten(self) -> Iterator[subscriptions_pb2.Notification]:
+        for r in self._call:
+            for n in r.notifications:
+                self._cursor = n.id
+                yield n
+            if r.cursor:  # past actions not for us: reached once those above are done
+                self._cursor = r.cursor
+
+    @property
+    def cursor(self) -> str:
+        """Where to resume after a reconnect: the last notification taken from the iterator,
+        or further on past others' events; the start cursor before any."""
+        return self._cursor or self.start_cursor
+
+    def __iter__(self) -> Iterator[subscriptions_pb2.Notification]:
+        return self._items
+
+    def __next__(self) -> subscriptions_pb2.Notification:
+        return next(self._items)
+
+    @property
+    def start_cursor(self) -> str:
+        """Blocks until the server has opened the stream (or raises its error): events recorded
+        from then on are delivered."""
+        call = cast(grpc.Call, self._call)
+        md = dict(call.initial_metadata() or ())
+        if "heliostat-cursor" not in md:
+            call.code()  # the call failed before it started: wait for its status
+            raise cast(grpc.RpcError, call)
+        return str(md["heliostat-cursor"])
+
+    def cancel(self) -> None:
+        cast(grpc.Call, self._call).cancel()
+
+    def __enter__(self) -> NotificationStream:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.cancel()
 
 
 def _ts(dt: datetime) -> Timestamp:
@@ -331,6 +388,32 @@ class HeliostatClient:
         return self.admin.GetDeliveryStats(
             admin_pb2.GetDeliveryStatsRequest(), timeout=self.timeout
         )
+
+    def watch(
+        self,
+        cursor: str = "",
+        *,
+        from_oldest: bool = False,
+        owner: str = "",
+        subscription_ids: Sequence[int] = (),
+        collection: str = "",
+        timeout: float | None = None,
+    ) -> NotificationStream:
+        """Live "watch" notifications after cursor (the last id processed; empty: from now on),
+        or from the oldest kept; the operator's are everyone's unless owner is named. No
+        timeout by default: the stream stays open."""
+        call = self.subs.WatchNotifications(
+            subscriptions_pb2.WatchNotificationsRequest(
+                cursor=cursor,
+                from_oldest=from_oldest,
+                owner=owner,
+                subscription_ids=list(subscription_ids),
+                collection=collection,
+            ),
+            timeout=timeout,
+            metadata=self._auth,
+        )
+        return NotificationStream(call)
 
     # -- rendering -----------------------------------------------------------------------------
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 import sys
 import threading
@@ -101,6 +102,9 @@ class Server:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self.executor, self.app.warm)
         await loop.run_in_executor(self.executor, self._feed_all)  # once at start
+        # What start-up made (modules, kernels, indexes) lives for good: out of the collector's
+        # sight, a full collection takes microseconds instead of pausing every call ~60 ms.
+        gc.freeze()
         self._feeder = asyncio.create_task(self._feed_subscriptions())
         await self._set_all(health_pb2.HealthCheckResponse.SERVING)
         await self.drivers.start()
@@ -125,6 +129,7 @@ class Server:
         await self.health.enter_graceful_shutdown()
         if self._feeder is not None:
             self._feeder.cancel()
+        self.app.subscriptions.notifications.end_streams()  # open-ended: they would use the grace
         # Drain deliveries (no new leases; batches in flight recorded) while calls finish.
         await asyncio.gather(self.drivers.stop(grace), self.server.stop(grace))
         self.executor.shutdown(wait=True, cancel_futures=True)

@@ -250,6 +250,13 @@ def _attempt_out(a: Attempt) -> pb.DeliveryAttempt:
     )  # fmt: skip
 
 
+def _notification_out(a: model.MatchedAction) -> pb.Notification:
+    return pb.Notification(
+        id=a.id, event_id=a.event_id, subscription_id=a.subscription_id, owner=a.owner,
+        params=dict(a.action.params), event=_event_out(a.event),
+    )  # fmt: skip
+
+
 def _page_token(after: int) -> str:
     return base64.urlsafe_b64encode(_PAGE.pack(after)).decode()
 
@@ -440,3 +447,32 @@ class SubscriptionServicer(subscriptions_pb2_grpc.SubscriptionServiceServicer):
         ids = list(request.ids)
         done = await offload(context, self.executor, lambda: self.subs.replay(who, ids))
         return pb.ReplayDeadLettersResponse(replayed=done)
+
+    @handles_errors
+    @authenticated
+    async def WatchNotifications(
+        self, request: pb.WatchNotificationsRequest, context: Ctx, who: Principal
+    ) -> None:
+        # On the loop (one small LMDB read): a watch opened in the executor after the caller's
+        # deadline had passed would never give its place back.
+        watch = self.subs.watch(
+            who,
+            cursor=request.cursor,
+            from_oldest=request.from_oldest,
+            owner=request.owner,
+            subscription_ids=list(request.subscription_ids),
+            collection=request.collection,
+        )
+        try:
+            # The position is fixed: a client may publish now and will see the events.
+            await context.send_initial_metadata((("heliostat-cursor", watch.start_id),))
+            async for page in watch.pages():
+                # One message per page: one write (and flow-control wait) for a whole batch.
+                await context.write(
+                    pb.WatchNotificationsResponse(
+                        notifications=[_notification_out(a) for a in page.actions],
+                        cursor=page.cursor,
+                    )
+                )
+        finally:
+            watch.close()  # at once, not when the suspended generator is collected

@@ -40,6 +40,7 @@ from heliostat.subscriptions.model import (
     validate_event,
     validate_subscription,
 )
+from heliostat.subscriptions.notifications import Notifications, Watch, WatchFilter
 from heliostat.subscriptions.stats import PipelineCounts, PipelineStats
 from heliostat.subscriptions.store import SubscriptionStore, action_key
 
@@ -84,6 +85,7 @@ class SubscriptionService:
             rows, attrs, colls, self._generation = self.store.index_data()
             self.engine = MatchEngine.from_rows(rows, attrs, colls)
             self.ledger = Ledger(self.store)
+            self.notifications = Notifications(self.store)
         except BaseException:
             self.store.close()
             raise
@@ -92,6 +94,7 @@ class SubscriptionService:
         self._on_record: list[Callable[[], None]] = []
 
     def close(self) -> None:
+        self.notifications.close()
         self.store.close()
 
     def _load_collections(self) -> None:
@@ -262,6 +265,7 @@ class SubscriptionService:
             self.stats.time("record", time.perf_counter() - t1, len(events))
             self.stats.count("events", len(stored))
         if stored:
+            self.notifications.signal.notify(stored[-1].id)  # committed: wake the watchers
             for fn in self._on_record:
                 fn()
         return stored
@@ -347,3 +351,23 @@ class SubscriptionService:
         )
         depths["actions_stored"] = counts["actions"]
         return self.stats.snapshot(depths)
+
+    def watch(
+        self,
+        who: Principal,
+        *,
+        cursor: str = "",
+        from_oldest: bool = False,
+        owner: str = "",
+        subscription_ids: Sequence[int] = (),
+        collection: str = "",
+    ) -> Watch:
+        """A live stream of the caller's watch actions (the operator's: everyone's, or one
+        owner's) after cursor; see heliostat.subscriptions.notifications."""
+        if owner and owner != who.owner:
+            who.require_operator("watch another owner's notifications")
+        if collection:
+            self._collection(collection)
+        scope = owner or (None if who.operator else who.owner)
+        keep = WatchFilter(scope, frozenset(subscription_ids), collection)
+        return self.notifications.open(cursor, from_oldest, keep)

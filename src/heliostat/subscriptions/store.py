@@ -486,6 +486,19 @@ class SubscriptionStore:
             removed += bool(txn.delete(ek, db=self._events))
         return removed
 
+    def event_ids(self) -> tuple[int, int]:
+        """The oldest event kept and the last one recorded; (last + 1, last) when none is kept.
+        Event ids are dense (one counter), so ids below the oldest were recorded and removed."""
+
+        def read(txn: _Txn) -> tuple[int, int]:
+            raw = txn.get(_NEXT_EVENT, db=self._meta)
+            last = 0 if raw is None else _U64.unpack(raw)[0] - 1
+            cur = txn.cursor(self._events)
+            oldest = _U64.unpack(cur.key())[0] if cur.first() else last + 1
+            return oldest, last
+
+        return self._db.read(read)
+
     def actions_after(self, after: bytes, limit: int, owner: str | None) -> list[MatchedAction]:
         """Up to limit actions with keys above ``after`` (an action key, b"" from the start),
         of one owner or of all."""
