@@ -128,3 +128,52 @@ def test_supersampled_shrink_is_the_mean_of_bilinear_samples() -> None:
     inside = alpha == 255
     assert inside.sum() > 400
     assert np.abs(out[inside] - ref[inside]).max() <= 1
+
+
+@pytest.mark.parametrize(
+    "m",
+    [
+        [[1.0, 0.0, 0.3], [0.0, 1.0, -0.45]],  # native scale, subpixel shift: the vector lerp
+        [[1.0, 0.0, -7.6], [0.0, 1.0, 3.2]],  # ... reaching past both edges
+        [[0.7, 0.0, -3.0], [0.0, 0.8, 2.5]],  # enlarging
+        [[1.0088, 0.0, 1.7], [0.0, 1.0088, -2.2]],  # the AIA layer of a default screenshot
+        [[1.6, 0.0, -4.0], [0.0, 1.9, -6.5]],  # shrinking: 2×2 samples, partly outside
+        [[-1.3, 0.0, 70.0], [0.0, 2.6, 1.0]],  # mirrored, 3×3 samples
+    ],
+)
+def test_unrotated_matrix_takes_the_separable_path_with_the_same_result(m: object) -> None:
+    # The general kernel is the reference: a shear of 1e-300 sends it there and changes nothing.
+    from heliostat.imaging.affine import _warp_general
+
+    src = np.random.default_rng(4).integers(0, 256, (70, 90), dtype=np.uint8)[3:, 5:]
+    mat = np.asarray(m, np.float64)
+    out, alpha = _warp(src, mat, (60, 80))
+    n = max(1, math.ceil(max(abs(mat[0, 0]), abs(mat[1, 1])) - 1e-6))
+    ref = np.empty_like(out)
+    ref_alpha = np.empty_like(out)
+    tilted = mat.copy()
+    tilted[0, 1] = 1e-300
+    _warp_general(src, tilted, n, ref, ref_alpha, 2)
+    assert np.array_equal(alpha, ref_alpha)
+    assert (alpha == 255).sum() > 1000
+    assert np.abs(out.astype(int) - ref).max() <= 1
+    assert (out[alpha == 0] == 0).all()
+
+
+def test_warp_is_the_same_on_one_thread_or_many() -> None:
+    from heliostat.imaging.affine import _warp_general, _warp_separable
+
+    src = np.random.default_rng(5).integers(0, 256, (300, 300), dtype=np.uint8)
+    m = _rotation(10.0, 1.2, 30.0, -20.0)
+    outs = []
+    for chunks in (1, 3):
+        out = np.empty((256, 256), np.uint8)
+        alpha = np.empty_like(out)
+        _warp_general(src, m, 2, out, alpha, chunks)
+        outs.append((out, alpha))
+        out = np.empty((256, 256), np.uint8)
+        alpha = np.empty_like(out)
+        _warp_separable(src, 1.2, 0.5, 1.2, -0.5, 2, out, alpha, chunks)
+        outs.append((out, alpha))
+    for a, b in zip(outs[:2], outs[2:], strict=True):
+        assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 from typing import Any
 
 import numpy as np
@@ -10,7 +12,8 @@ import pytest
 from PIL import Image
 
 from heliostat.imaging import colortables
-from heliostat.imaging.encode import FORMATS, content_type, encode
+from heliostat.imaging import encode as encoders
+from heliostat.imaging.encode import FORMATS, content_type, encode, png_rgba
 
 H, W = 200, 300  # not square, so a swapped width and height shows
 
@@ -116,6 +119,54 @@ def test_fully_transparent_png() -> None:
     idx = smooth_indices()
     im = decode(encode(idx, table="sdoaia211", fmt="png", alpha=np.zeros_like(idx)))
     assert (np.asarray(im.convert("RGBA"))[..., 3] == 0).all()
+
+
+def _idat(data: bytes) -> bytes:
+    """The concatenated IDAT payload of a PNG, checking every chunk's CRC on the way."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, idat = 8, b""
+    while pos < len(data):
+        (n,) = struct.unpack(">I", data[pos : pos + 4])
+        tag, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + n]
+        (crc,) = struct.unpack(">I", data[pos + 8 + n : pos + 12 + n])
+        assert crc == zlib.crc32(tag + body)
+        if tag == b"IDAT":
+            idat += body
+        pos += 12 + n
+    return idat
+
+
+@pytest.mark.parametrize(("bands", "band_bytes"), [(1, 1 << 20), (3, 1), (7, 5000)])
+def test_png_rgba_round_trips_whole_or_in_parallel_bands(
+    monkeypatch: pytest.MonkeyPatch, bands: int, band_bytes: int
+) -> None:
+    monkeypatch.setattr(encoders, "_BANDS", bands)
+    monkeypatch.setattr(encoders, "_BAND_BYTES", band_bytes)
+    rng = np.random.default_rng(bands)
+    rgba = coloured(smooth_indices(), "sdoaia171")
+    rgba[..., 3] = rng.integers(0, 256, (H, W), dtype=np.uint8)
+    rgba[:20] = rng.integers(0, 256, (20, W, 4), dtype=np.uint8)  # incompressible rows too
+    data = png_rgba(rgba)
+    im = decode(data)
+    assert im.format == "PNG" and im.mode == "RGBA" and im.size == (W, H)
+    assert np.array_equal(np.asarray(im), rgba)
+    # zlib checks the stream's combined adler32, which Pillow does not.
+    raw = np.frombuffer(zlib.decompress(_idat(data)), np.uint8).reshape(H, W * 4 + 1)
+    assert (raw[:, 0] == 2).all()
+
+
+def test_png_rgba_of_a_strided_window_and_a_single_pixel() -> None:
+    big = coloured(smooth_indices(), "sdoaia304")
+    window = big[10:60:2, 5:200]
+    assert np.array_equal(np.asarray(decode(png_rgba(window))), window)
+    assert np.array_equal(np.asarray(decode(png_rgba(big[:1, :1]))), big[:1, :1])
+
+
+def test_png_rgba_rejects_non_rgba() -> None:
+    with pytest.raises(ValueError, match=r"^rgba:"):
+        png_rgba(np.zeros((4, 4, 3), np.uint8))
+    with pytest.raises(ValueError, match=r"^rgba:"):
+        png_rgba(np.zeros((0, 4, 4), np.uint8))
 
 
 # --- JPEG and WebP ----------------------------------------------------------------------------

@@ -11,8 +11,18 @@ JPEG 2000 ``reduce`` has done the power-of-two part of any shrink, so ``n`` is 1
 practice (4 samples at most per pixel). Samples whose position falls outside the source count as
 transparent: the output alpha is the covered fraction of the footprint.
 
-``blend_over`` draws one straight-alpha RGBA layer over a straight-alpha RGBA canvas in integer
-arithmetic, Porter–Duff OVER, the way Helioviewer stacks screenshot layers.
+Without rotation the same mean of bilinear samples factors into a vertical and a horizontal pass
+with per-row and per-column weight tables (_warp_separable), which vectorise: 5–10× the speed of
+the per-pixel path, within one grey level of it and with the same alpha. Rotated matrices take
+the per-pixel path (_warp_general). A three-shear or two-pass decomposition of the rotation was
+not adopted: it is not bilinear sampling, so it would not stay within one grey level of it.
+
+``blend_over`` draws one straight-alpha RGBA layer over a straight-alpha RGBA canvas, Porter–Duff
+OVER, the way Helioviewer stacks screenshot layers: branch-free loops over 32-bit pixels that
+LLVM vectorises, integer arithmetic over an opaque canvas row, float32 where the canvas row has
+partial alpha (straight alpha needs a division).
+
+Both kernels share rows among threads, as many as the work is worth (_threads).
 """
 
 from __future__ import annotations
@@ -26,7 +36,9 @@ import numpy.typing as npt
 
 U8Array = npt.NDArray[np.uint8]
 U32Array = npt.NDArray[np.uint32]
+F32Array = npt.NDArray[np.float32]
 F64Array = npt.NDArray[np.float64]
+I64Array = npt.NDArray[np.int64]
 
 # The alpha byte's bits within a native-endian uint32 RGBA word.
 _ALPHA_SHIFT = 24 if sys.byteorder == "little" else 0
@@ -111,20 +123,192 @@ def _edge_pixel(
     return min(int(acc * scale[hits] + 0.5), 255), cover[hits]
 
 
-@numba.njit(cache=True, nogil=True)
 def warp_affine(src: U8Array, m: F64Array, out: U8Array, alpha: U8Array) -> None:
     """Fill ``out`` and its coverage ``alpha`` (both (h, w) uint8) from ``src`` through ``m``.
 
     ``m`` is a (2, 3) float64 matrix from output pixel coordinates to source coordinates.
-    ``src`` may be a strided view. Pixels whose whole footprint is inside the source take a
-    fixed-point path (positions in 32.32, bilinear weights in 8 bits: 2× the speed of floating
-    point, within one grey level of it); the rest take a floating-point path with edge tests.
+    ``src`` may be a strided view. Rows are shared among threads. A matrix without rotation or
+    shear takes the separable path (_warp_separable); any other the general one (_warp_general).
     """
-    h_src, w_src = src.shape
-    h_out, w_out = out.shape
+    if out.shape != alpha.shape:
+        raise ValueError(f"alpha: shape {alpha.shape} differs from out shape {out.shape}")
     step = max(math.hypot(m[0, 0], m[1, 0]), math.hypot(m[0, 1], m[1, 1]))
     # The epsilon keeps an exact 1:1 copy at one sample despite rounding in m.
     n = max(1, math.ceil(step - 1e-6))
+    chunks = _threads(out.shape[0], out.shape[1])
+    if m[0, 1] == 0.0 and m[1, 0] == 0.0:
+        _warp_separable(src, m[0, 0], m[0, 2], m[1, 1], m[1, 2], n, out, alpha, chunks)
+    else:
+        _warp_general(src, m, n, out, alpha, chunks)
+
+
+@numba.njit(cache=True, nogil=True)
+def _coverage(count: int) -> U8Array:
+    """Alpha for k of ``count`` samples inside the source, k = 0..count."""
+    cover = np.empty(count + 1, np.uint8)
+    for k in range(count + 1):
+        cover[k] = (k * 255 + count // 2) // count
+    return cover
+
+
+@numba.njit(cache=True, nogil=True)
+def _axis_taps(
+    n_out: int, n_src: int, a: float, b: float, n: int
+) -> tuple[I64Array, F32Array, I64Array]:
+    """Per output index: first source index, tap weights and samples inside the source.
+
+    The n samples of output index u sit at ``a·(u + (j + 0.5)/n − 0.5) + b``; the weights are
+    the mean of their bilinear (tent) weights over the samples inside, so they sum to 1.
+    """
+    taps = math.ceil(abs(a) * (1.0 - 1.0 / n) - 1e-9) + 2
+    first = np.zeros(n_out, np.int64)
+    weights = np.zeros((n_out, taps), np.float32)
+    inside = np.zeros(n_out, np.int64)
+    for u in range(n_out):
+        lo = a * (u + 0.5 / n - 0.5) + b
+        hi = a * (u + 0.5 - 0.5 / n) + b
+        f = min(max(math.floor(min(lo, hi)), 0), n_src - 1)
+        first[u] = f
+        k = 0
+        for j in range(n):
+            x = a * (u + (j + 0.5) / n - 0.5) + b
+            if -0.5 <= x < n_src - 0.5:
+                x0 = math.floor(x)
+                fx = x - x0
+                # Within half a pixel of the edge the missing neighbour repeats the edge pixel.
+                weights[u, max(x0, 0) - f] += 1.0 - fx
+                weights[u, min(x0 + 1, n_src - 1) - f] += fx
+                k += 1
+        inside[u] = k
+        if k:
+            weights[u] /= k
+    return first, weights, inside
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _warp_separable(
+    src: U8Array,
+    ax: float,
+    bx: float,
+    ay: float,
+    by: float,
+    n: int,
+    out: U8Array,
+    alpha: U8Array,
+    chunks: int,
+) -> None:
+    """x = ax·u + bx, y = ay·v + by: the n × n supersampled bilinear mean factors into a
+    vertical pass (whole source rows weighted into one float row, plain SIMD) and a horizontal
+    one with per-column taps; a unit horizontal step has the same taps for every column."""
+    h_src, w_src = src.shape
+    h_out, w_out = out.shape
+    fx, wx, cx = _axis_taps(w_out, w_src, ax, bx, n)
+    fy, wy, cy = _axis_taps(h_out, h_src, ay, by, n)
+    cover = _coverage(n * n)
+    # Alpha of a row with k samples inside vertically: one row per k, copied whole.
+    alpha_rows = np.empty((n + 1, w_out), np.uint8)
+    for k in range(n + 1):
+        for u in range(w_out):
+            alpha_rows[k, u] = cover[cx[u] * k]
+    tx = wx.shape[1]
+    lo = fx.min()
+    hi = min(fx.max() + tx, w_src)
+    # A unit step and one sample: columns [ua, ub), whose two neighbours both exist, share one
+    # pair of weights and read tmp[u + shift] and the next, a plain vector lerp.
+    ua = ub = w_out
+    if n == 1 and ax == 1.0:
+        base = math.floor(bx)
+        ua = min(max(-base, 0), w_out)
+        ub = max(min(w_src - 1 - base, w_out), ua)
+    shift = math.floor(bx) - lo
+    for c in numba.prange(chunks):
+        _separable_rows(
+            src, fx, wx, cx, fy, wy, cy, alpha_rows, lo, hi, ua, ub, shift, out, alpha,
+            c * h_out // chunks, (c + 1) * h_out // chunks,
+        )  # fmt: skip
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True, boundscheck=False)
+def _separable_rows(
+    src: U8Array,
+    fx: I64Array,
+    wx: F32Array,
+    cx: I64Array,
+    fy: I64Array,
+    wy: F32Array,
+    cy: I64Array,
+    alpha_rows: U8Array,
+    lo: int,
+    hi: int,
+    ua: int,
+    ub: int,
+    shift: int,
+    out: U8Array,
+    alpha: U8Array,
+    v0: int,
+    v1: int,
+) -> None:
+    """Output rows [v0, v1) of _warp_separable."""
+    w_out = out.shape[1]
+    tx = wx.shape[1]
+    ty = wy.shape[1]
+    # Padding past the source width: taps of edge columns may reach it with weight 0.
+    tmp = np.zeros(fx.max() + tx - lo, np.float32)
+    acc = np.empty(w_out, np.float32)
+    wt = np.ascontiguousarray(wx.T)
+    first = fx - lo
+    for v in range(v0, v1):
+        o = out[v]
+        alpha[v] = alpha_rows[cy[v]]
+        if cy[v] == 0:
+            o[:] = 0
+            continue
+        r0 = fy[v]
+        w = wy[v, 0]
+        row = src[r0, lo:hi]
+        for x in range(row.size):
+            tmp[x] = w * np.float32(row[x])
+        for k in range(1, ty):
+            w = wy[v, k]
+            if w != 0.0:
+                row = src[r0 + k, lo:hi]
+                for x in range(row.size):
+                    tmp[x] += w * np.float32(row[x])
+        # Tap by tap over the whole row (a gather per tap) rather than pixel by pixel. Columns
+        # with no sample inside have all-zero weights and come out 0.
+        _gather_taps(wt[:, :ua], first[:ua], tmp, acc[:ua], o[:ua])
+        _gather_taps(wt[:, ub:], first[ub:], tmp, acc[ub:], o[ub:])
+        if ub > ua:
+            w0 = wx[ua, 0]
+            w1 = wx[ua, 1]
+            left = tmp[ua + shift : ub + shift]
+            right = tmp[ua + shift + 1 : ub + shift + 1]
+            dst = o[ua:ub]
+            for u in range(dst.size):
+                dst[u] = np.uint8(w0 * left[u] + w1 * right[u] + np.float32(0.5))
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True, boundscheck=False)
+def _gather_taps(wt: F32Array, first: I64Array, tmp: F32Array, acc: F32Array, o: U8Array) -> None:
+    """o[u] = Σ_k wt[k, u] · tmp[first[u] + k], rounded."""
+    acc[:] = 0.5
+    for k in range(wt.shape[0]):
+        wk = wt[k]
+        for u in range(o.size):
+            acc[u] += wk[u] * tmp[first[u] + k]
+    for u in range(o.size):
+        o[u] = np.uint8(min(acc[u], np.float32(255.0)))
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _warp_general(
+    src: U8Array, m: F64Array, n: int, out: U8Array, alpha: U8Array, chunks: int
+) -> None:
+    """Any affine: n × n bilinear samples a pixel. Pixels whose whole footprint is inside the
+    source take a fixed-point path (positions in 32.32, bilinear weights in 8 bits: 2× the speed
+    of floating point, within one grey level of it); the rest a floating-point path with edge
+    tests."""
+    h_out = out.shape[0]
     count = n * n
     off_x = np.empty(count, np.float64)
     off_y = np.empty(count, np.float64)
@@ -141,18 +325,45 @@ def warp_affine(src: U8Array, m: F64Array, out: U8Array, alpha: U8Array) -> None
         fix_y[k] = _fixed(off_y[k])
     # Per-hit-count mean factor and coverage, so the pixel loops have no integer division.
     scale = np.empty(count + 1, np.float64)
-    cover = np.empty(count + 1, np.uint8)
     for k in range(count + 1):
         scale[k] = 1.0 / max(k, 1)
-        cover[k] = (k * 255 + count // 2) // count
-    inv = 1.0 / (count * 65536.0)
+    cover = _coverage(count)
     # Interior: every sample at least this far from the left/top and short of the last column
     # and row, so all four bilinear neighbours exist.
     mx = np.abs(off_x).max()
     my = np.abs(off_y).max()
+    for c in numba.prange(chunks):
+        _general_rows(
+            src, m, off_x, off_y, fix_x, fix_y, scale, cover, mx, my, out, alpha,
+            c * h_out // chunks, (c + 1) * h_out // chunks,
+        )  # fmt: skip
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=False)
+def _general_rows(
+    src: U8Array,
+    m: F64Array,
+    off_x: F64Array,
+    off_y: F64Array,
+    fix_x: I64Array,
+    fix_y: I64Array,
+    scale: F64Array,
+    cover: U8Array,
+    mx: float,
+    my: float,
+    out: U8Array,
+    alpha: U8Array,
+    v0: int,
+    v1: int,
+) -> None:
+    """Output rows [v0, v1) of _warp_general."""
+    h_src, w_src = src.shape
+    w_out = out.shape[1]
+    count = off_x.size
+    inv = 1.0 / (count * 65536.0)
     ax = _fixed(m[0, 0])
     ay = _fixed(m[1, 0])
-    for v in range(h_out):
+    for v in range(v0, v1):
         row_x = m[0, 1] * v + m[0, 2]
         row_y = m[1, 1] * v + m[1, 2]
         o = out[v]
@@ -169,20 +380,20 @@ def warp_affine(src: U8Array, m: F64Array, out: U8Array, alpha: U8Array) -> None
         # Half a weight step added once rounds the positions to the nearest 1/256 pixel.
         px = _fixed(row_x + m[0, 0] * ua) + (1 << (_FIX - 9))
         py = _fixed(row_y + m[1, 0] * ua) + (1 << (_FIX - 9))
-        for u in range(ua, ub):
-            if count == 1:
+        a[ua:ub] = 255
+        if count == 1:
+            for u in range(ua, ub):
                 o[u] = _bilinear_fixed(src, px, py) >> 16
-                a[u] = 255
                 px += ax
                 py += ay
-                continue
-            acc = 0
-            for k in range(count):
-                acc += _bilinear_fixed(src, px + fix_x[k], py + fix_y[k])
-            o[u] = int(acc * inv)
-            a[u] = 255
-            px += ax
-            py += ay
+        else:
+            for u in range(ua, ub):
+                acc = 0
+                for k in range(count):
+                    acc += _bilinear_fixed(src, px + fix_x[k], py + fix_y[k])
+                o[u] = int(acc * inv)
+                px += ax
+                py += ay
         for u in range(ub, w_out):
             o[u], a[u] = _edge_pixel(
                 src, row_x + m[0, 0] * u, row_y + m[1, 0] * u, off_x, off_y, scale, cover
@@ -207,45 +418,84 @@ def radial_mask(alpha: U8Array, cx: float, cy: float, r_in: float, r_out: float)
             alpha[v, u] = int(a * cov + 0.5)
 
 
-@numba.njit(cache=True, nogil=True)
-def _blend_words(layer: U32Array, opacity: int, canvas: U32Array) -> None:
-    h, w = canvas.shape
-    # Layer alpha byte × opacity, rounded: a table instead of a division per pixel.
-    scaled = np.empty(256, np.int64)
-    for i in range(256):
-        scaled[i] = (i * opacity + 50) // 100
-    for v in range(h):
-        src = layer[v]
-        dst = canvas[v]
-        for u in range(w):
-            s = np.int64(src[u])
-            sa = scaled[(s >> _ALPHA_SHIFT) & 0xFF]
-            if sa == 0:
-                continue
-            d = np.int64(dst[u])
-            da = (d >> _ALPHA_SHIFT) & 0xFF
-            if sa == 255 or da == 0:
-                dst[u] = (s & _RGB_BITS) | (sa << _ALPHA_SHIFT)
-            elif da == 255:
-                # Two channels per multiply (bytes 0 and 2, then 1 and 3), alpha then set to 255.
-                # round(x / 255) for x <= 255²: (x + 128 + ((x + 128) >> 8)) >> 8.
-                inv = 255 - sa
-                lo = (s & 0x00FF00FF) * sa + (d & 0x00FF00FF) * inv + 0x00800080
-                hi = ((s >> 8) & 0x00FF00FF) * sa + ((d >> 8) & 0x00FF00FF) * inv + 0x00800080
-                lo = ((lo + ((lo >> 8) & 0x00FF00FF)) >> 8) & 0x00FF00FF
-                hi = ((hi + ((hi >> 8) & 0x00FF00FF)) >> 8) & 0x00FF00FF
-                dst[u] = (lo | (hi << 8)) & _RGB_BITS | _ALPHA_BITS
+# Colour byte shifts within the word, and pixels per thread below which another is not worth
+# waking (a thread start costs ~10 µs, a pixel ~1 ns).
+_RGB_SHIFTS = tuple(k for k in range(0, 32, 8) if k != _ALPHA_SHIFT)
+_MIN_PIXELS_PER_THREAD = 1 << 16
+_U = np.uint32
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _scaled_alpha(s: np.uint32, opacity: int) -> np.uint32:
+    # round(alpha · opacity / 100): x // 100 == (x · 5243) >> 19 for x < 43699.
+    return (((s >> _ALPHA_SHIFT) & _U(0xFF)) * _U(opacity) + _U(50)) * _U(5243) >> _U(19)
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True, boundscheck=False)
+def _opaque(row: U32Array) -> bool:
+    low = _U(255)
+    for u in range(row.size):
+        low = min(low, (_U(row[u]) >> _U(_ALPHA_SHIFT)) & _U(0xFF))
+    return bool(low == _U(255))
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True, boundscheck=False)
+def _blend_row_opaque(src: U32Array, opacity: int, dst: U32Array) -> None:
+    """OVER an opaque row: x·a + y·(255 − a), two channels a multiply, exact /255 rounding."""
+    mask = _U(0x00FF00FF)
+    half = _U(0x00800080)
+    for u in range(src.size):
+        s = _U(src[u])
+        d = _U(dst[u])
+        sa = _scaled_alpha(s, opacity)
+        inv = _U(255) - sa
+        # Every 16-bit field stays below 255² + 128, so fields never carry into each other.
+        lo = (s & mask) * sa + (d & mask) * inv + half
+        hi = ((s >> _U(8)) & mask) * sa + ((d >> _U(8)) & mask) * inv + half
+        lo = ((lo + ((lo >> _U(8)) & mask)) >> _U(8)) & mask
+        hi = ((hi + ((hi >> _U(8)) & mask)) >> _U(8)) & mask
+        dst[u] = (lo | (hi << _U(8))) & _U(_RGB_BITS) | _U(_ALPHA_BITS)
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True, boundscheck=False)
+def _blend_row(src: U32Array, opacity: int, dst: U32Array) -> None:
+    """OVER with any canvas alpha: straight alpha needs a division by the new alpha.
+
+    Scaled by 255² the numerators are integers below 2²⁴, exact in float32, and a float32
+    reciprocal vectorises where an integer division does not; results stay within ±0.5 + 2⁻¹⁶ of
+    the exact quotient before rounding.
+    """
+    for u in range(src.size):
+        s = _U(src[u])
+        d = _U(dst[u])
+        sa = _scaled_alpha(s, opacity)
+        t = ((d >> _U(_ALPHA_SHIFT)) & _U(0xFF)) * (_U(255) - sa)
+        total = sa * _U(255) + t
+        k = sa * _U(255)
+        rcp = np.float32(1.0) / np.float32(max(total, _U(1)))
+        word = ((total + _U(128) + ((total + _U(128)) >> _U(8))) >> _U(8)) << _U(_ALPHA_SHIFT)
+        for shift in _RGB_SHIFTS:
+            num = ((s >> _U(shift)) & _U(0xFF)) * k + ((d >> _U(shift)) & _U(0xFF)) * t
+            word |= _U(np.float32(num) * rcp + np.float32(0.5)) << _U(shift)
+        # Nothing on either side: the canvas stays as it was.
+        dst[u] = word if total != _U(0) else d
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _blend_words(layer: U32Array, opacity: int, canvas: U32Array, chunks: int) -> None:
+    h = canvas.shape[0]
+    for c in numba.prange(chunks):
+        for v in range(c * h // chunks, (c + 1) * h // chunks):
+            if _opaque(canvas[v]):
+                _blend_row_opaque(layer[v], opacity, canvas[v])
             else:
-                # Straight alpha needs a division by the new alpha; everything is scaled by 255²
-                # so that only the final divisions round.
-                t = da * (255 - sa)
-                total = sa * 255 + t
-                word = ((total + 127) // 255) << _ALPHA_SHIFT
-                for shift in range(0, 32, 8):
-                    if shift != _ALPHA_SHIFT:
-                        c = ((s >> shift) & 0xFF) * sa * 255 + ((d >> shift) & 0xFF) * t
-                        word |= ((c + total // 2) // total) << shift
-                dst[u] = word
+                _blend_row(layer[v], opacity, canvas[v])
+
+
+def _threads(rows: int, width: int) -> int:
+    """Row chunks to run in parallel: one per thread, but no thread for a sliver of work."""
+    # numba.get_num_threads inside a kernel would stop numba caching it.
+    return max(1, min(numba.get_num_threads(), rows, rows * width // _MIN_PIXELS_PER_THREAD))
 
 
 def _words(a: U8Array) -> U32Array:
@@ -265,4 +515,4 @@ def blend_over(layer: U8Array, opacity: int, canvas: U8Array) -> None:
         raise ValueError(f"layer: shape {layer.shape} differs from canvas shape {canvas.shape}")
     if not 0 <= opacity <= 100:
         raise ValueError(f"opacity: expected 0..100, got {opacity}")
-    _blend_words(_words(layer), opacity, _words(canvas))
+    _blend_words(_words(layer), opacity, _words(canvas), _threads(canvas.shape[0], canvas.shape[1]))

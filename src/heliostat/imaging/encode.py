@@ -5,7 +5,12 @@ Choices, all for speed at tile sizes (512²):
 - PNG without alpha is a palette ("P") image whose PLTE is the colour table: a quarter of the
   RGBA data, at zlib level 1. With alpha that is only 0 or 255 (transparent padding of edge
   tiles), an index no opaque pixel uses becomes the transparent entry (tRNS) and the image stays
-  a palette PNG; partial alpha, or a tile using all 256 indices, falls back to RGBA at level 1.
+  a palette PNG; partial alpha, or a tile using all 256 indices, falls back to RGBA (png_rgba).
+- ``png_rgba`` writes RGBA PNG itself, 2× faster than Pillow and a little smaller: every row
+  takes the Up filter (computed with numpy; Pillow tries filters per row), and large images are
+  cut into horizontal bands deflated in parallel threads (zlib releases the GIL), each band a raw
+  deflate stream ended by a sync flush, so their concatenation is one valid zlib stream whose
+  adler32 is combined from the bands'.
 - JPEG is RGB through the lookup kernel (grey "L" without a table); transparent areas are black.
 - WebP is lossy at WEBP_METHOD, RGBA when there is alpha.
 
@@ -15,6 +20,10 @@ Colour goes through heliostat.imaging.kernels into 4-byte pixels that Pillow map
 from __future__ import annotations
 
 import io
+import os
+import struct
+import zlib
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
 import numpy as np
@@ -34,6 +43,16 @@ _CONTENT_TYPES: dict[str, str] = {"png": "image/png", "jpeg": "image/jpeg", "web
 _MAX_SIDE: dict[str, int] = {"png": 2**31 - 1, "jpeg": 65_535, "webp": 16_383}
 
 U8Array = npt.NDArray[np.uint8]
+
+# Bytes of pixels per deflate band: below this another thread costs more than it saves.
+_BAND_BYTES = 1 << 20
+_BANDS = max(1, os.cpu_count() or 1)
+_band_pool = ThreadPoolExecutor(_BANDS, thread_name_prefix="png-band")
+_ADLER_BASE = 65521
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# zlib stream header: deflate, 32 KiB window, "fastest" level flag, check bits (0x7801 % 31 == 0).
+_ZLIB_HEADER = b"\x78\x01"
+_FILTER_UP = 2
 
 
 def content_type(fmt: str) -> str:
@@ -142,8 +161,63 @@ def _png(indices: U8Array, rgb: U8Array | None, alpha: U8Array | None) -> bytes:
             # The lowest unused index keeps the tRNS chunk (one byte per entry up to it) short.
             spare = np.uint8(unused[0])
             return _palette_png(np.where(alpha == 0, spare, indices), rgb, int(spare))
-    rgba = kernels.apply_lut_rgba_masked(indices, alpha, _lut(rgb))
-    return _save(_pixels("RGBA", rgba), "PNG", compress_level=PNG_COMPRESS_LEVEL)
+    return png_rgba(kernels.apply_lut_rgba_masked(indices, alpha, _lut(rgb)))
+
+
+def png_rgba(rgba: U8Array) -> bytes:
+    """An (h, w, 4) uint8 straight-alpha image as an 8-bit RGBA PNG at PNG_COMPRESS_LEVEL."""
+    if rgba.dtype != np.uint8 or rgba.ndim != 3 or rgba.shape[2] != 4 or 0 in rgba.shape:
+        raise ValueError(f"rgba: expected a non-empty (h, w, 4) uint8 array, got {_describe(rgba)}")
+    h, w = rgba.shape[:2]
+    rows = rgba.reshape(h, w * 4)
+    n = max(1, min(_BANDS, h, rows.nbytes // _BAND_BYTES))
+    edges = [h * i // n for i in range(n + 1)]
+    # The calling thread deflates the first band while the pool does the rest.
+    rest = [
+        _band_pool.submit(_deflate_band, rows, edges[i], edges[i + 1], i == n - 1)
+        for i in range(1, n)
+    ]
+    bands = [_deflate_band(rows, edges[0], edges[1], n == 1), *(f.result() for f in rest)]
+    adler = 1
+    for _, band_adler, size in bands:
+        adler = _adler32_combine(adler, band_adler, size)
+    idat = b"".join([_ZLIB_HEADER, *(data for data, _, _ in bands), struct.pack(">I", adler)])
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 6, 0, 0, 0)  # 8-bit RGBA, no interlace
+    return b"".join(
+        [_PNG_SIGNATURE, _chunk(b"IHDR", ihdr), _chunk(b"IDAT", idat), _chunk(b"IEND", b"")]
+    )
+
+
+def _deflate_band(rows: U8Array, r0: int, r1: int, last: bool) -> tuple[bytes, int, int]:
+    """Rows [r0, r1) Up-filtered and deflated: (raw deflate data, adler32, filtered size)."""
+    band = rows[r0:r1]
+    filtered = np.empty((r1 - r0, rows.shape[1] + 1), np.uint8)
+    filtered[:, 0] = _FILTER_UP
+    # uint8 subtraction wraps modulo 256, as PNG filters do; the first image row has no row above.
+    np.subtract(band[1:], band[:-1], out=filtered[1:, 1:])
+    if r0 == 0:
+        filtered[0, 1:] = band[0]
+    else:
+        np.subtract(band[0], rows[r0 - 1], out=filtered[0, 1:])
+    view = filtered.data
+    z = zlib.compressobj(PNG_COMPRESS_LEVEL, zlib.DEFLATED, -15)
+    data = z.compress(view) + z.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
+    return data, zlib.adler32(view), filtered.size
+
+
+def _adler32_combine(a1: int, a2: int, len2: int) -> int:
+    """adler32 of A + B from adler32(A), adler32(B) and len(B) (zlib's adler32_combine)."""
+    rem = len2 % _ADLER_BASE
+    s1 = a1 & 0xFFFF
+    s2 = rem * s1 % _ADLER_BASE
+    s1 = (s1 + (a2 & 0xFFFF) + _ADLER_BASE - 1) % _ADLER_BASE
+    s2 = (s2 + (a1 >> 16) + (a2 >> 16) + _ADLER_BASE - rem) % _ADLER_BASE
+    return (s2 << 16) | s1
+
+
+def _chunk(tag: bytes, data: bytes) -> bytes:
+    crc = zlib.crc32(data, zlib.crc32(tag))
+    return b"".join([struct.pack(">I", len(data)), tag, data, struct.pack(">I", crc)])
 
 
 def _jpeg(indices: U8Array, rgb: U8Array | None, alpha: U8Array | None, quality: int) -> bytes:

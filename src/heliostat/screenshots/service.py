@@ -92,13 +92,13 @@ class _Stored:
 
 
 def encode_rgba(rgba: npt.NDArray[np.uint8], fmt: Format, quality: int) -> bytes:
-    """A (h, w, 4) straight-alpha frame as PNG (zlib level 1), JPEG (on black) or WebP."""
+    """A (h, w, 4) straight-alpha frame as PNG (encode.png_rgba), JPEG (on black) or WebP."""
+    if fmt == "png":
+        return encode.png_rgba(rgba)
     h, w = rgba.shape[:2]
     im = Image.frombuffer("RGBA", (w, h), np.ascontiguousarray(rgba), "raw", "RGBA", 0, 1)
     buf = io.BytesIO()
-    if fmt == "png":
-        im.save(buf, "PNG", compress_level=encode.PNG_COMPRESS_LEVEL)
-    elif fmt == "jpeg":
+    if fmt == "jpeg":
         flat = Image.alpha_composite(Image.new("RGBA", im.size, (0, 0, 0, 255)), im)
         flat.convert("RGB").save(buf, "JPEG", quality=quality)
     else:
