@@ -184,15 +184,40 @@ class SubscriptionStore:
     def delete(self, subs: Sequence[Subscription]) -> None:
         def write(txn: _Txn) -> None:
             for s in subs:
-                key = _U64.pack(s.id)
-                for db in (self._subs, self._idx, self._idx_attrs, self._sub_actions):
-                    txn.delete(key, db=db)
-                self._log_change(txn, s.id)
-                txn.delete(_name_key(s.owner, s.id), db=self._by_owner)
-                if s.theme:
-                    txn.delete(_name_key(s.theme, s.id), db=self._by_theme)
+                self._delete_sub(txn, s)
 
         self._db.write(write)
+
+    def apply(
+        self,
+        creates: Sequence[Subscription],
+        pairs: Sequence[tuple[Subscription, Subscription]],
+        deletes: Sequence[Subscription],
+    ) -> list[Subscription]:
+        """create, replace and delete in one transaction (a group commit); returns the created
+        subscriptions with their ids. A subscription appears at most once in pairs and deletes."""
+
+        def write(txn: _Txn) -> list[Subscription]:
+            first = self._next(txn, _NEXT_SUB, len(creates)) if creates else 0
+            out = [dataclasses.replace(s, id=first + i) for i, s in enumerate(creates)]
+            for s in out:
+                self._put_sub(txn, s, None)
+            for old, new in pairs:
+                self._put_sub(txn, new, old)
+            for s in deletes:
+                self._delete_sub(txn, s)
+            return out
+
+        return self._db.write(write)
+
+    def _delete_sub(self, txn: _Txn, s: Subscription) -> None:
+        key = _U64.pack(s.id)
+        for db in (self._subs, self._idx, self._idx_attrs, self._sub_actions):
+            txn.delete(key, db=db)
+        self._log_change(txn, s.id)
+        txn.delete(_name_key(s.owner, s.id), db=self._by_owner)
+        if s.theme:
+            txn.delete(_name_key(s.theme, s.id), db=self._by_theme)
 
     def _log_change(self, txn: _Txn, sub_id: int) -> None:
         gen = self._next(txn, _NEXT_GEN, 1)
