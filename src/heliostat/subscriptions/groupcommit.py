@@ -10,6 +10,7 @@ result or an exception per request: one bad request fails alone, not its neighbo
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Generic, TypeVar
@@ -18,6 +19,7 @@ R = TypeVar("R")  # a request
 T = TypeVar("T")  # its result
 
 MAX_BATCH = 4096
+LINGER_S = 0.0002  # against a synced commit's ~1-5 ms
 
 
 class GroupCommit(Generic[R, T]):
@@ -59,6 +61,10 @@ class GroupCommit(Generic[R, T]):
                     self._cond.wait()
                 if not self._queue:
                     return
+            # Callers answered by the last commit are sending their next requests: a moment's
+            # wait lets them join this batch rather than the one after (one commit, not two).
+            time.sleep(LINGER_S)
+            with self._cond:
                 batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
             try:
                 results = self._apply([r for r, _ in batch])

@@ -486,10 +486,13 @@ class _CollectionIndex:
         self.pos_of[s.id] = pos
         if b is None:
             self._unboxed = None
+        elif b.x_min > b.x_max:  # across the antimeridian: two pieces
+            self._recent.append(self.pieces.append(pos=pos, box=(b.x_min, b.y_min, _LON, b.y_max)))
+            self._recent.append(self.pieces.append(pos=pos, box=(-_LON, b.y_min, b.x_max, b.y_max)))
         else:
-            ppos, pbox = _pieces(np.array([pos]), np.array([[b.x_min, b.y_min, b.x_max, b.y_max]]))
-            for p, pb in zip(ppos.tolist(), pbox, strict=True):
-                self._recent.append(self.pieces.append(pos=p, box=pb))
+            self._recent.append(
+                self.pieces.append(pos=pos, box=(b.x_min, b.y_min, b.x_max, b.y_max))
+            )
         return pos
 
     def upsert(self, s: Subscription) -> None:

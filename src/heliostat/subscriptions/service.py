@@ -251,9 +251,20 @@ class SubscriptionService:
             pairs = [(before[sid], s) for sid, s in after.items() if s is not None]
             deletes = [before[sid] for sid, s in after.items() if s is None]
             new_subs = [w.sub for w in batch if isinstance(w, _Create)]
-            for i, stored in zip(creates, self.store.apply(new_subs, pairs, deletes), strict=True):
+            made, generation = self.store.apply(new_subs, pairs, deletes)
+            for i, stored in zip(creates, made, strict=True):
                 out[i] = stored
-            self._catch_up()
+            if generation != self._generation:
+                self._catch_up()  # another process wrote too: read back in the store's order
+                return out
+            # Only ours since the index's generation: no need to read them back.
+            for s in made:
+                self.engine.upsert(s)
+            for _, new in pairs:
+                self.engine.upsert(new)
+            for old in deletes:
+                self.engine.remove(old.id)
+            self._generation = generation + len(made) + len(pairs) + len(deletes)
         return out
 
     def _current(

@@ -104,6 +104,7 @@ class SubscriptionStore:
             self._tokens, self._events, self._actions, self._actions_by_owner, self._idx,
             self._idx_attrs, self._sub_actions, self._changes,
         ) = dbs  # fmt: skip
+        self._coll_no: dict[str, int] = {}  # collection key → number in idx rows
 
     def close(self) -> None:
         self._db.close()
@@ -193,11 +194,13 @@ class SubscriptionStore:
         creates: Sequence[Subscription],
         pairs: Sequence[tuple[Subscription, Subscription]],
         deletes: Sequence[Subscription],
-    ) -> list[Subscription]:
+    ) -> tuple[list[Subscription], int]:
         """create, replace and delete in one transaction (a group commit); returns the created
-        subscriptions with their ids. A subscription appears at most once in pairs and deletes."""
+        subscriptions with their ids, and the generation before (the transaction logs one change
+        per subscription). A subscription appears at most once in pairs and deletes."""
 
-        def write(txn: _Txn) -> list[Subscription]:
+        def write(txn: _Txn) -> tuple[list[Subscription], int]:
+            generation = self._generation(txn)
             first = self._next(txn, _NEXT_SUB, len(creates)) if creates else 0
             out = [dataclasses.replace(s, id=first + i) for i, s in enumerate(creates)]
             for s in out:
@@ -206,7 +209,7 @@ class SubscriptionStore:
                 self._put_sub(txn, new, old)
             for s in deletes:
                 self._delete_sub(txn, s)
-            return out
+            return out, generation
 
         return self._db.write(write)
 
@@ -251,10 +254,13 @@ class SubscriptionStore:
         key = _U64.pack(s.id)
         self._log_change(txn, s.id)
         txn.put(key, _dumps(subscription_to_dict(s)), db=self._subs)
-        raw_coll = txn.get(s.collection.encode(), db=self._collections)
-        if raw_coll is None:
-            raise ValueError(f"no collection {s.collection}")
-        txn.put(key, index_row(s, json.loads(raw_coll)["no"]), db=self._idx)
+        coll_no = self._coll_no.get(s.collection)
+        if coll_no is None:  # numbers never change: read once
+            raw_coll = txn.get(s.collection.encode(), db=self._collections)
+            if raw_coll is None:
+                raise ValueError(f"no collection {s.collection}")
+            coll_no = self._coll_no[s.collection] = json.loads(raw_coll)["no"]
+        txn.put(key, index_row(s, coll_no), db=self._idx)
         attrs = attr_row(s)
         if attrs is None:
             txn.delete(key, db=self._idx_attrs)
