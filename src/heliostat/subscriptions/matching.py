@@ -623,7 +623,9 @@ class MatchEngine:
         starts = np.flatnonzero(np.diff(rows["coll"])) + 1
         for chunk in np.split(rows, starts) if len(rows) else []:
             key = collections[int(chunk["coll"][0])]
-            engine._indexes[key] = _CollectionIndex.from_rows(engine._interner, chunk, attrs)
+            ix = engine._indexes[key] = _CollectionIndex.from_rows(engine._interner, chunk, attrs)
+            ix.grid()  # ready means ready: not left to the first match
+            ix.unboxed()
         return engine
 
     def __len__(self) -> int:

@@ -73,21 +73,6 @@ class Box:
     x_max: float
     y_max: float
 
-    @property
-    def crosses_antimeridian(self) -> bool:
-        return self.x_min > self.x_max
-
-    def intersects(self, other: Box) -> bool:
-        if self.y_min > other.y_max or other.y_min > self.y_max:
-            return False
-        if self.crosses_antimeridian and other.crosses_antimeridian:
-            return True  # both hold ±180
-        if self.crosses_antimeridian:
-            return other.x_max >= self.x_min or other.x_min <= self.x_max
-        if other.crosses_antimeridian:
-            return self.x_max >= other.x_min or self.x_min <= other.x_max
-        return self.x_min <= other.x_max and other.x_min <= self.x_max
-
 
 @dataclass(frozen=True, slots=True)
 class Temporal:

@@ -341,9 +341,15 @@ class SubscriptionService:
     def _record(
         self, events: Sequence[GranuleEvent], catalog_seqs: Sequence[int] | None
     ) -> list[StoredEvent]:
+        if catalog_seqs is not None:  # in sequence order: one batch at a time
+            with self._lock:
+                self._catch_up()
+                return self.store.record(self.engine.match(events, now_us()), catalog_seqs)
         with self._lock:
             self._catch_up()
-            return self.store.record(self.engine.match(events, now_us()), catalog_seqs)
+            matches = self.engine.match(events, now_us())
+        # Outside the lock, so that another caller's batch is matched while this one commits.
+        return self.store.record(matches)
 
     def catalog_event(self, e: CatalogEvent) -> GranuleEvent | None:
         c = self._by_source.get(e.source_id)
