@@ -442,23 +442,36 @@ class _CollectionIndex:
             "types": rows["types"].copy(), "has_t": rows["has_t"].astype(np.bool_),
             "t0": rows["t0"].copy(), "t1": rows["t1"].copy(),
             "has_box": rows["has_box"].astype(np.bool_), "box": rows["box"].copy(),
-            "n_off": np.zeros(n, np.int64), "n_cnt": np.zeros(n, np.int64),
-            "s_off": np.zeros(n, np.int64), "s_cnt": np.zeros(n, np.int64),
         }  # fmt: skip
-        nums, strs = _Arrays(_NUM_SPEC), _Arrays(_STR_SPEC)
+        # Plain lists, made arrays at the end: per-element numpy writes cost more than the rest.
+        offsets: list[list[int]] = [[0] * n for _ in range(4)]  # n_off, n_cnt, s_off, s_cnt
+        num: list[list[Any]] = [[], [], []]  # attr, min, max
+        strs: list[list[int]] = [[], []]  # attr, val
         if attrs:
             for pos, sid in enumerate(cols["sid"].tolist()):
                 a = attrs.get(sid)
                 if a is None:
                     continue
-                cols["n_off"][pos], cols["n_cnt"][pos] = nums.n, len(a[0])
-                cols["s_off"][pos], cols["s_cnt"][pos] = strs.n, len(a[1])
+                offsets[0][pos], offsets[1][pos] = len(num[0]), len(a[0])
+                offsets[2][pos], offsets[3][pos] = len(strs[0]), len(a[1])
                 for name, lo, hi in a[0]:
-                    nums.append(attr=interner.attr(name), min=lo, max=hi)
+                    num[0].append(interner.attr(name))
+                    num[1].append(lo)
+                    num[2].append(hi)
                 for name, value in a[1]:
                     attr = interner.attr(name)
-                    strs.append(attr=attr, val=interner.value(attr, value))
-        return cls(interner, _Arrays.wrap(_SUB_SPEC, cols), nums, strs)
+                    strs[0].append(attr)
+                    strs[1].append(interner.value(attr, value))
+        for name, col in zip(("n_off", "n_cnt", "s_off", "s_cnt"), offsets, strict=True):
+            cols[name] = np.array(col, np.int64)
+        nums = _Arrays.wrap(_NUM_SPEC, {
+            "attr": np.array(num[0], np.int64), "min": np.array(num[1], np.float64),
+            "max": np.array(num[2], np.float64),
+        })  # fmt: skip
+        strings = _Arrays.wrap(
+            _STR_SPEC, {"attr": np.array(strs[0], np.int64), "val": np.array(strs[1], np.int64)}
+        )
+        return cls(interner, _Arrays.wrap(_SUB_SPEC, cols), nums, strings)
 
     def _append(self, s: Subscription) -> int:
         q = self._interner
