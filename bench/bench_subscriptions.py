@@ -2,6 +2,9 @@
 their actions) beside a brute-force numpy matcher, CRUD rates, and restart-to-ready time, with N
 active subscriptions over 100 collections, mixed qualifiers and a mean fan-out of ~5 per event.
 
+Publishing runs from one caller, then from two at once (as two gRPC calls would): a batch is
+matched while the other's commit is in flight, each acknowledged after its own commit.
+
 CRUD runs in process and over real gRPC (a server process on a fresh archive): 64 requests in
 flight, written by group commit, beside one request at a time (one synced commit per call).
 

@@ -8,6 +8,10 @@ Changes are written to LMDB first; the in-memory index then catches up from the 
 log (``_catch_up``), before every match too, so it follows the writes of every process serving
 the same store (``serve --processes N``), in the store's order.
 
+Published batches are matched under the lock and recorded after it, so one caller's batch is
+matched while another's commits; catalog batches keep the lock through their commit, as their
+sequence marks must advance in order.
+
 Creates, updates and deletes go through a group commit (heliostat.subscriptions.groupcommit):
 those arriving together are checked one by one against the state the earlier ones in the batch
 leave, written in one synced transaction, and answered after it. ``submit_*`` return a Future
