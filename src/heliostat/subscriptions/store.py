@@ -408,7 +408,8 @@ class SubscriptionStore:
         added = txn.cursor(self._events).putmulti(events, overwrite=False, append=True)[1]
         if added != len(events):
             raise lmdb.CorruptedError(f"event ids from {first} are already taken")
-        txn.cursor(self._actions).putmulti(actions, append=True)
+        if txn.cursor(self._actions).putmulti(actions, append=True)[1] != len(actions):
+            raise lmdb.CorruptedError(f"action keys from event {first} on are already taken")
         by_owner.sort()
         txn.cursor(self._actions_by_owner).putmulti(by_owner)
         return out
