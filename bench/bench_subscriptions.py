@@ -2,9 +2,6 @@
 their actions) beside a brute-force numpy matcher, CRUD rates, and restart-to-ready time, with N
 active subscriptions over 100 collections, mixed qualifiers and a mean fan-out of ~5 per event.
 
-Publishing runs from one caller, then from two at once (as two gRPC calls would): a batch is
-matched while the other's commit is in flight, each acknowledged after its own commit.
-
 CRUD runs in process and over real gRPC (a server process on a fresh archive): 64 requests in
 flight, written by group commit, beside one request at a time (one synced commit per call).
 
@@ -23,7 +20,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -207,16 +204,6 @@ def main() -> None:
                    target=">= 20,000 events/s at 10^6 subs",
                    met=len(events) / pub_s >= 20_000 if n >= 1_000_000 else None,
                    actions=counts["actions"], batch=args.batch)  # fmt: skip
-        batches = [events[lo : lo + args.batch] for lo in range(0, len(events), args.batch)]
-        with ThreadPoolExecutor(2) as pool:
-            t0 = time.perf_counter()
-            list(pool.map(lambda b: svc.publish(OP, b), batches))
-            pub2_s = time.perf_counter() - t0
-        rate = len(events) / pub2_s
-        report.add("match + durably record, 2 publishers (one matches while one commits)", rate,
-                   "events/s", baseline_name="1 publisher", baseline_value=len(events) / pub_s,
-                   target=">= 20,000 events/s at 10^6 subs",
-                   met=rate >= 20_000 if n >= 1_000_000 else None)  # fmt: skip
         t0 = time.perf_counter()
         for e in events[:200]:
             svc.publish(OP, [e])
