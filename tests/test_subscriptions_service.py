@@ -62,7 +62,7 @@ def granule(box: Box | None = None, **kw: object) -> GranuleEvent:
         ({"qualifiers": Qualifiers(Temporal(5, 1))}, "qualifiers.temporal"),
         ({"qualifiers": Qualifiers(numeric=(NumericRange("w", 2, 1),))}, "qualifiers.numeric"),
         ({"qualifiers": Qualifiers(spatial=Box(0, 0, 200, 1))}, "qualifiers.spatial"),
-        ({"qualifiers": Qualifiers(spatial=Box(5, 0, 1, 1))}, "qualifiers.spatial"),
+        ({"qualifiers": Qualifiers(spatial=Box(0, 5, 1, 1))}, "qualifiers.spatial"),
         ({"actions": (Action("email", ()),)}, "actions[0].address"),
         ({"actions": (Action("email", (("address", "nope"),)),)}, "actions[0].address"),
         ({"actions": (Action("webhook", (("url", "ftp://x"),)),)}, "actions[0].url"),

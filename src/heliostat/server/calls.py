@@ -4,6 +4,7 @@ domain errors turned into status codes that name the field."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
@@ -61,5 +62,20 @@ async def offload(context: Ctx, executor: Executor, fn: Callable[[], T]) -> T:
         return await fut
     try:
         return await asyncio.wait_for(fut, max(remaining, 0.0))
+    except TimeoutError:
+        await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
+
+
+async def offload_wait(
+    context: Ctx, executor: Executor, fn: Callable[[], concurrent.futures.Future[T]]
+) -> T:
+    """Run fn in the executor, then wait for the Future it returns without holding a thread
+    (a queued write answered by the group commit), both within the caller's deadline."""
+    fut = await offload(context, executor, fn)
+    remaining: float | None = context.time_remaining()
+    if remaining is None:
+        return await asyncio.wrap_future(fut)
+    try:
+        return await asyncio.wait_for(asyncio.wrap_future(fut), max(remaining, 0.0))
     except TimeoutError:
         await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import grpc
 
 from heliostat.errors import InvalidArgument
-from heliostat.server.calls import handles_errors, offload
+from heliostat.server.calls import handles_errors, offload, offload_wait
 from heliostat.server.convert import timestamp_us, to_timestamp
 from heliostat.subscriptions import model
 from heliostat.subscriptions.auth import PermissionDenied, Principal
@@ -301,7 +301,8 @@ class SubscriptionServicer(subscriptions_pb2_grpc.SubscriptionServiceServicer):
         self, request: pb.CreateSubscriptionRequest, context: Ctx, who: Principal
     ) -> pb.Subscription:
         s = _subscription_in(request.subscription)
-        done = await offload(context, self.executor, lambda: self.subs.create(who, s))
+        done = await offload_wait(context, self.executor, lambda: self.subs.submit_create(who, s))
+        assert done is not None
         return _subscription_out(done)
 
     @handles_errors
@@ -356,7 +357,10 @@ class SubscriptionServicer(subscriptions_pb2_grpc.SubscriptionServiceServicer):
             event_types=_types_in(m.event_types, "event_types"),
             theme=m.theme,
         )
-        s = await offload(context, self.executor, lambda: self.subs.update(who, m.id, patch))
+        s = await offload_wait(
+            context, self.executor, lambda: self.subs.submit_update(who, m.id, patch)
+        )
+        assert s is not None
         return _subscription_out(s)
 
     @handles_errors
@@ -364,7 +368,7 @@ class SubscriptionServicer(subscriptions_pb2_grpc.SubscriptionServiceServicer):
     async def DeleteSubscription(
         self, request: pb.DeleteSubscriptionRequest, context: Ctx, who: Principal
     ) -> pb.DeleteSubscriptionResponse:
-        await offload(context, self.executor, lambda: self.subs.delete(who, request.id))
+        await offload_wait(context, self.executor, lambda: self.subs.submit_delete(who, request.id))
         return pb.DeleteSubscriptionResponse()
 
     async def _theme(

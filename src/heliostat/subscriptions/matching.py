@@ -5,18 +5,23 @@ expiry, event-type mask, temporal interval, box, and the numeric and string qual
 (offset, count) slices into flat constraint arrays. Attribute names and string values are
 interned to ints through dicts, so a string qualifier is an int comparison in the kernel.
 
-Per event batch, candidates are those whose box the R-tree (``rtree``, over libspatialindex)
-returns for the event's footprint, plus those without a spatial qualifier: looked up by the
-event's string values when they have a string qualifier (a dict from interned value to
-positions, by their first string qualifier), scanned otherwise. One Numba kernel then checks
-every candidate exactly (liveness, type, time overlap, box, numeric ranges, strings).
+Boxes are cut at the antimeridian into pieces (a geographic box with x_min > x_max crosses it:
+170..-170 is 170..180 and -180..-170). Pieces go into a uniform grid (cells about the median
+piece size, as CSR arrays), except pieces spanning many cells and those added since the grid was
+built, which every event scans. An event visits the cells its own pieces cover and reports a
+piece only from the cell holding the lower-left corner of their overlap, so a pair is seen once
+per piece pair; a pair met through two piece pairs (both crossing) is dropped after matching.
+Subscriptions without a box are looked up by the event's string values when they have a string
+qualifier (CSR postings from interned value to positions, by their first string qualifier),
+scanned otherwise. One Numba kernel per collection does all of it per event and checks every
+candidate exactly (liveness, type, time overlap, box, numeric ranges, strings). The grid
+replaced an ``rtree`` R-tree: its per-batch queries were most of the matching time, and its
+bulk load most of the restart.
 
-``rtree`` is not thread-safe even for reads and its deletes are slow in overlapping trees, so
-all access goes through one lock, and removal never touches the tree: a removed or replaced
-subscription's position is tombstoned (``alive`` false, which the kernel checks) and a new
-version is appended. When tombstones reach a quarter of the positions the collection is
-compacted and its tree bulk-loaded again (libspatialindex's stream load, fed from numpy arrays:
-~4x faster than from a Python generator, 0.7 s against 2.4 s for 700k boxes).
+Removal is lazy: a removed or replaced subscription's position is tombstoned (``alive`` false,
+which the kernel checks) and a new version appended. When tombstones reach a quarter of the
+positions the collection is compacted and its grid rebuilt; the grid is also rebuilt when the
+pieces added since outnumber an eighth of it.
 
 At start the index is built from the store's fixed-size rows (``index_row``: 72 bytes per
 subscription, read as one numpy array) plus the attribute qualifiers of the subscriptions that
@@ -26,6 +31,7 @@ have any, so a restart decodes no JSON for most subscriptions.
 from __future__ import annotations
 
 import json
+import math
 import struct
 import threading
 from collections.abc import Iterable, Sequence
@@ -34,7 +40,6 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from numba import njit
-from rtree import index as rindex
 
 from heliostat.subscriptions.model import (
     EVENT_TYPES,
@@ -57,8 +62,6 @@ ROW = np.dtype(
 )  # fmt: skip
 assert ROW.itemsize == _ROW.size
 AttrRow = tuple[list[tuple[str, float, float]], list[tuple[str, str]]]
-_NO_VALUE = -1  # interned id of a string value no qualifier names
-
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
 I32 = npt.NDArray[np.int32]
@@ -66,48 +69,206 @@ U8 = npt.NDArray[np.uint8]
 B = npt.NDArray[np.bool_]
 
 
+_NO_VALUE = -1  # interned id of a string value no qualifier names
+_WIDE_CELLS = 64  # pieces spanning more cells are scanned rather than gridded
+_MAX_CELLS = 1 << 20
+_LON = 180.0
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _x_overlap(a0: float, a1: float, b0: float, b1: float) -> bool:
+    """Overlap of two x ranges, either of which may cross the antimeridian (x0 > x1)."""
+    if a0 <= a1:
+        if b0 <= b1:
+            return a0 <= b1 and b0 <= a1
+        return a1 >= b0 or a0 <= b1
+    if b0 <= b1:
+        return b1 >= a0 or b0 <= a1
+    return True  # both hold ±180
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _cell(v: float, g0: float, size: float, n: int) -> int:
+    k = math.floor((v - g0) / size)
+    return min(max(k, 0), n - 1)
+
+
 @njit(cache=True, nogil=True)
-def _check_kernel(
-    cand_ev: Any, cand_pos: Any, now: int,
+def _build_grid(
+    pbox: Any, plive: Any, gx0: float, gy0: float, cw: float, ch: float, nx: int, ny: int
+) -> Any:
+    """CSR cells of the live pieces spanning at most _WIDE_CELLS cells, and the others."""
+    n = pbox.shape[0]
+    start = np.zeros(nx * ny + 1, np.int64)
+    wide = np.zeros(n, np.bool_)
+    for p in range(n):
+        if not plive[p]:
+            continue
+        x0, x1 = _cell(pbox[p, 0], gx0, cw, nx), _cell(pbox[p, 2], gx0, cw, nx)
+        y0, y1 = _cell(pbox[p, 1], gy0, ch, ny), _cell(pbox[p, 3], gy0, ch, ny)
+        if (x1 - x0 + 1) * (y1 - y0 + 1) > _WIDE_CELLS:
+            wide[p] = True
+            continue
+        for cy in range(y0, y1 + 1):
+            for cx in range(x0, x1 + 1):
+                start[cy * nx + cx + 1] += 1
+    start = np.cumsum(start)
+    fill = start[:-1].copy()
+    items = np.empty(start[-1], np.int64)
+    for p in range(n):
+        if not plive[p] or wide[p]:
+            continue
+        x0, x1 = _cell(pbox[p, 0], gx0, cw, nx), _cell(pbox[p, 2], gx0, cw, nx)
+        y0, y1 = _cell(pbox[p, 1], gy0, ch, ny), _cell(pbox[p, 3], gy0, ch, ny)
+        for cy in range(y0, y1 + 1):
+            for cx in range(x0, x1 + 1):
+                c = cy * nx + cx
+                items[fill[c]] = p
+                fill[c] += 1
+    return start, items, np.flatnonzero(wide)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _check(
+    e: int, p: int, now: int,
     ev_type: Any, ev_t0: Any, ev_t1: Any, ev_has_box: Any, ev_box: Any, ev_num: Any, ev_str: Any,
     alive: Any, active: Any, expires: Any, types: Any, has_t: Any, t0: Any, t1: Any,
     has_box: Any, box: Any, n_off: Any, n_cnt: Any, n_attr: Any, n_min: Any, n_max: Any,
     s_off: Any, s_cnt: Any, s_attr: Any, s_val: Any,
+) -> bool:  # fmt: skip
+    if not alive[p] or not active[p]:
+        return False
+    if expires[p] != 0 and expires[p] <= now:
+        return False
+    if (types[p] & ev_type[e]) == 0:
+        return False
+    if has_t[p] and (ev_t0[e] > t1[p] or ev_t1[e] < t0[p]):
+        return False
+    if has_box[p]:
+        if not ev_has_box[e]:
+            return False
+        if ev_box[e, 1] > box[p, 3] or box[p, 1] > ev_box[e, 3]:
+            return False
+        if not _x_overlap(ev_box[e, 0], ev_box[e, 2], box[p, 0], box[p, 2]):
+            return False
+    for j in range(n_off[p], n_off[p] + n_cnt[p]):
+        v = ev_num[e, n_attr[j]]
+        # NaN (attribute absent) fails both comparisons' negation, so check it explicitly.
+        if not (v >= n_min[j] and v <= n_max[j]):
+            return False
+    for j in range(s_off[p], s_off[p] + s_cnt[p]):  # noqa: SIM110 (a Numba loop)
+        if ev_str[e, s_attr[j]] != s_val[j]:
+            return False
+    return True
+
+
+@njit(cache=True, nogil=True)
+def _match_kernel(
+    evs: Any, now: int,
+    ev_type: Any, ev_t0: Any, ev_t1: Any, ev_has_box: Any, ev_box: Any, ev_num: Any, ev_str: Any,
+    alive: Any, active: Any, expires: Any, types: Any, has_t: Any, t0: Any, t1: Any,
+    has_box: Any, box: Any, n_off: Any, n_cnt: Any, n_attr: Any, n_min: Any, n_max: Any,
+    s_off: Any, s_cnt: Any, s_attr: Any, s_val: Any,
+    pbox: Any, ppos: Any, grid: Any, cell_start: Any, cell_items: Any, scan_pieces: Any,
+    scan: Any, post_keys: Any, post_start: Any, post_items: Any,
 ) -> Any:  # fmt: skip
-    out = np.zeros(cand_ev.shape[0], np.bool_)
-    for k in range(cand_ev.shape[0]):
-        e = cand_ev[k]
-        p = cand_pos[k]
-        if not alive[p] or not active[p]:
-            continue
-        if expires[p] != 0 and expires[p] <= now:
-            continue
-        if (types[p] & ev_type[e]) == 0:
-            continue
-        if has_t[p] and (ev_t0[e] > t1[p] or ev_t1[e] < t0[p]):
-            continue
-        if has_box[p]:
-            if not ev_has_box[e]:
+    """(event, position) of every match of the events ``evs``; a pair may repeat (see the
+    module docstring)."""
+    gx0, gy0, cw, ch = grid[0], grid[1], grid[2], grid[3]
+    nx, ny = int(grid[4]), int(grid[5])
+    out_e = np.empty(64, np.int64)
+    out_p = np.empty(64, np.int64)
+    n = 0
+    q = np.empty((2, 4), np.float64)
+    for e in evs:
+        m0 = n
+        if ev_has_box[e]:
+            q[0, :] = ev_box[e]
+            nq = 1
+            if ev_box[e, 0] > ev_box[e, 2]:  # across the antimeridian: two pieces
+                q[0, 2] = _LON
+                q[1, :] = ev_box[e]
+                q[1, 0] = -_LON
+                nq = 2
+            for k in range(nq):
+                ex0, ey0, ex1, ey1 = q[k, 0], q[k, 1], q[k, 2], q[k, 3]
+                if cell_items.shape[0]:
+                    cx0, cx1 = _cell(ex0, gx0, cw, nx), _cell(ex1, gx0, cw, nx)
+                    cy0, cy1 = _cell(ey0, gy0, ch, ny), _cell(ey1, gy0, ch, ny)
+                    for cy in range(cy0, cy1 + 1):
+                        for cx in range(cx0, cx1 + 1):
+                            c = cy * nx + cx
+                            for j in range(cell_start[c], cell_start[c + 1]):
+                                pc = cell_items[j]
+                                if (
+                                    pbox[pc, 0] > ex1 or ex0 > pbox[pc, 2]
+                                    or pbox[pc, 1] > ey1 or ey0 > pbox[pc, 3]
+                                ):  # fmt: skip
+                                    continue
+                                # Only from the cell of the overlap's lower-left corner.
+                                if _cell(max(ex0, pbox[pc, 0]), gx0, cw, nx) != cx:
+                                    continue
+                                if _cell(max(ey0, pbox[pc, 1]), gy0, ch, ny) != cy:
+                                    continue
+                                if n == out_e.shape[0]:
+                                    out_e = np.concatenate((out_e, np.empty(n, np.int64)))
+                                    out_p = np.concatenate((out_p, np.empty(n, np.int64)))
+                                out_e[n] = e
+                                out_p[n] = ppos[pc]
+                                n += 1
+                for j in range(scan_pieces.shape[0]):
+                    pc = scan_pieces[j]
+                    if (
+                        pbox[pc, 0] > ex1 or ex0 > pbox[pc, 2]
+                        or pbox[pc, 1] > ey1 or ey0 > pbox[pc, 3]
+                    ):  # fmt: skip
+                        continue
+                    if n == out_e.shape[0]:
+                        out_e = np.concatenate((out_e, np.empty(n, np.int64)))
+                        out_p = np.concatenate((out_p, np.empty(n, np.int64)))
+                    out_e[n] = e
+                    out_p[n] = ppos[pc]
+                    n += 1
+        # Unboxed: scanned, or by the event's string values.
+        extra = scan.shape[0]
+        for a in range(ev_str.shape[1]):
+            v = ev_str[e, a]
+            if v == _NO_VALUE or post_keys.shape[0] == 0:
                 continue
-            if (
-                ev_box[e, 0] > box[p, 2] or box[p, 0] > ev_box[e, 2]
-                or ev_box[e, 1] > box[p, 3] or box[p, 1] > ev_box[e, 3]
+            i = np.searchsorted(post_keys, v)
+            if i < post_keys.shape[0] and post_keys[i] == v:
+                extra += post_start[i + 1] - post_start[i]
+        while n + extra > out_e.shape[0]:
+            out_e = np.concatenate((out_e, np.empty(out_e.shape[0], np.int64)))
+            out_p = np.concatenate((out_p, np.empty(out_p.shape[0], np.int64)))
+        for j in range(scan.shape[0]):
+            out_e[n] = e
+            out_p[n] = scan[j]
+            n += 1
+        for a in range(ev_str.shape[1]):
+            v = ev_str[e, a]
+            if v == _NO_VALUE or post_keys.shape[0] == 0:
+                continue
+            i = np.searchsorted(post_keys, v)
+            if i < post_keys.shape[0] and post_keys[i] == v:
+                for j in range(post_start[i], post_start[i + 1]):
+                    out_e[n] = e
+                    out_p[n] = post_items[j]
+                    n += 1
+        # Check this event's candidates exactly, keeping those that match in place.
+        w = m0
+        for j in range(m0, n):
+            p = out_p[j]
+            if _check(
+                e, p, now, ev_type, ev_t0, ev_t1, ev_has_box, ev_box, ev_num, ev_str,
+                alive, active, expires, types, has_t, t0, t1, has_box, box,
+                n_off, n_cnt, n_attr, n_min, n_max, s_off, s_cnt, s_attr, s_val,
             ):  # fmt: skip
-                continue
-        ok = True
-        for j in range(n_off[p], n_off[p] + n_cnt[p]):
-            v = ev_num[e, n_attr[j]]
-            # NaN (attribute absent) fails both comparisons' negation, so check it explicitly.
-            if not (v >= n_min[j] and v <= n_max[j]):
-                ok = False
-                break
-        if ok:
-            for j in range(s_off[p], s_off[p] + s_cnt[p]):
-                if ev_str[e, s_attr[j]] != s_val[j]:
-                    ok = False
-                    break
-        out[k] = ok
-    return out
+                out_e[w] = e
+                out_p[w] = p
+                w += 1
+        n = w
+    return out_e[:n], out_p[:n]
 
 
 class _Interner:
@@ -140,7 +301,7 @@ class _Arrays:
         """Columns given in full (all of spec, equal lengths)."""
         out = cls(spec, 0)
         out.cols = cols
-        out.n = len(cols["sid"])
+        out.n = len(next(iter(cols.values())))
         return out
 
     def append(self, **values: Any) -> int:
@@ -175,6 +336,10 @@ _STR_SPEC: dict[str, tuple[Any, tuple[int, ...]]] = {
     "attr": (np.int64, ()),
     "val": (np.int64, ()),
 }
+_PIECE_SPEC: dict[str, tuple[Any, tuple[int, ...]]] = {
+    "pos": (np.int64, ()),
+    "box": (np.float64, (4,)),
+}
 
 
 def type_mask(types: Iterable[EventType]) -> int:
@@ -203,6 +368,42 @@ def attr_row(s: Subscription) -> bytes | None:
     return json.dumps([nums, [[x.attribute, x.value] for x in q.strings]]).encode()
 
 
+def _pieces(pos: I64, box: F64) -> tuple[I64, F64]:
+    """Boxes cut at the antimeridian: one piece each, two for those across it."""
+    cross = box[:, 0] > box[:, 2]
+    if not cross.any():
+        return pos, box
+    east, west = box[cross].copy(), box[cross].copy()
+    east[:, 2], west[:, 0] = _LON, -_LON
+    return (
+        np.concatenate((pos[~cross], pos[cross], pos[cross])),
+        np.concatenate((box[~cross], east, west)),
+    )
+
+
+class _Grid:
+    """The gridded pieces of one collection (see the module docstring)."""
+
+    def __init__(self, pbox: F64, plive: B) -> None:
+        live = pbox[plive]
+        if not len(live):
+            self.params = np.array([0.0, 0.0, 1.0, 1.0, 1, 1])
+            self.start, self.items = np.zeros(2, np.int64), np.zeros(0, np.int64)
+            self.wide = np.zeros(0, np.int64)
+            return
+        x0, y0 = float(live[:, 0].min()), float(live[:, 1].min())
+        ext_x, ext_y = float(live[:, 2].max()) - x0, float(live[:, 3].max()) - y0
+        # Cells about the median piece, within a bounded count per piece.
+        cw = max(float(np.median(live[:, 2] - live[:, 0])), ext_x / 1024, 1e-9)
+        ch = max(float(np.median(live[:, 3] - live[:, 1])), ext_y / 1024, 1e-9)
+        limit = min(_MAX_CELLS, 4 * len(live) + 16)
+        while (ext_x / cw + 1) * (ext_y / ch + 1) > limit:
+            cw, ch = cw * 1.5, ch * 1.5
+        nx, ny = int(ext_x / cw) + 1, int(ext_y / ch) + 1
+        self.params = np.array([x0, y0, cw, ch, nx, ny], np.float64)
+        self.start, self.items, self.wide = _build_grid(pbox, plive, x0, y0, cw, ch, nx, ny)
+
+
 class _CollectionIndex:
     def __init__(self, interner: _Interner, subs: _Arrays, nums: _Arrays, strs: _Arrays) -> None:
         self._interner = interner
@@ -214,10 +415,14 @@ class _CollectionIndex:
             zip(subs.view("sid").tolist(), range(subs.n), strict=True)
         )
         self.dead = 0
+        boxed = np.flatnonzero(subs.view("has_box") & subs.view("alive"))
+        pos, box = _pieces(boxed.astype(np.int64), subs.view("box")[boxed])
+        self.pieces = _Arrays.wrap(_PIECE_SPEC, {"pos": pos, "box": box.copy()})
+        self._grid: _Grid | None = None  # built at the next match
+        self._recent: list[int] = []  # pieces added since the grid was built
         # Positions without a spatial qualifier, when known: without a string qualifier, and
-        # by the interned value of their first string qualifier.
-        self._unboxed: tuple[I64, dict[int, I64]] | None = None
-        self.tree = self._bulk_tree()
+        # postings (sorted values, CSR starts, positions) by their first string qualifier.
+        self._unboxed: tuple[I64, I64, I64, I64] | None = None
 
     @classmethod
     def of(cls, interner: _Interner, subs: Iterable[Subscription]) -> _CollectionIndex:
@@ -237,32 +442,36 @@ class _CollectionIndex:
             "types": rows["types"].copy(), "has_t": rows["has_t"].astype(np.bool_),
             "t0": rows["t0"].copy(), "t1": rows["t1"].copy(),
             "has_box": rows["has_box"].astype(np.bool_), "box": rows["box"].copy(),
-            "n_off": np.zeros(n, np.int64), "n_cnt": np.zeros(n, np.int64),
-            "s_off": np.zeros(n, np.int64), "s_cnt": np.zeros(n, np.int64),
         }  # fmt: skip
-        nums, strs = _Arrays(_NUM_SPEC), _Arrays(_STR_SPEC)
+        # Plain lists, made arrays at the end: per-element numpy writes cost more than the rest.
+        offsets: list[list[int]] = [[0] * n for _ in range(4)]  # n_off, n_cnt, s_off, s_cnt
+        num: list[list[Any]] = [[], [], []]  # attr, min, max
+        strs: list[list[int]] = [[], []]  # attr, val
         if attrs:
             for pos, sid in enumerate(cols["sid"].tolist()):
                 a = attrs.get(sid)
                 if a is None:
                     continue
-                cols["n_off"][pos], cols["n_cnt"][pos] = nums.n, len(a[0])
-                cols["s_off"][pos], cols["s_cnt"][pos] = strs.n, len(a[1])
+                offsets[0][pos], offsets[1][pos] = len(num[0]), len(a[0])
+                offsets[2][pos], offsets[3][pos] = len(strs[0]), len(a[1])
                 for name, lo, hi in a[0]:
-                    nums.append(attr=interner.attr(name), min=lo, max=hi)
+                    num[0].append(interner.attr(name))
+                    num[1].append(lo)
+                    num[2].append(hi)
                 for name, value in a[1]:
                     attr = interner.attr(name)
-                    strs.append(attr=attr, val=interner.value(attr, value))
-        return cls(interner, _Arrays.wrap(_SUB_SPEC, cols), nums, strs)
-
-    def _bulk_tree(self) -> rindex.Index:
-        boxed = np.flatnonzero(self.subs.view("has_box") & self.subs.view("alive"))
-        # len(tree) is a full-extent query, O(n): track emptiness instead.
-        self._tree_empty = not len(boxed)
-        if self._tree_empty:
-            return rindex.Index()
-        box = self.subs.view("box")[boxed]
-        return rindex.Index((boxed.astype(np.int64), box[:, :2].copy(), box[:, 2:].copy()))
+                    strs[0].append(attr)
+                    strs[1].append(interner.value(attr, value))
+        for name, col in zip(("n_off", "n_cnt", "s_off", "s_cnt"), offsets, strict=True):
+            cols[name] = np.array(col, np.int64)
+        nums = _Arrays.wrap(_NUM_SPEC, {
+            "attr": np.array(num[0], np.int64), "min": np.array(num[1], np.float64),
+            "max": np.array(num[2], np.float64),
+        })  # fmt: skip
+        strings = _Arrays.wrap(
+            _STR_SPEC, {"attr": np.array(strs[0], np.int64), "val": np.array(strs[1], np.int64)}
+        )
+        return cls(interner, _Arrays.wrap(_SUB_SPEC, cols), nums, strings)
 
     def _append(self, s: Subscription) -> int:
         q = self._interner
@@ -290,14 +499,17 @@ class _CollectionIndex:
         self.pos_of[s.id] = pos
         if b is None:
             self._unboxed = None
+        elif b.x_min > b.x_max:  # across the antimeridian: two pieces
+            self._recent.append(self.pieces.append(pos=pos, box=(b.x_min, b.y_min, _LON, b.y_max)))
+            self._recent.append(self.pieces.append(pos=pos, box=(-_LON, b.y_min, b.x_max, b.y_max)))
+        else:
+            self._recent.append(
+                self.pieces.append(pos=pos, box=(b.x_min, b.y_min, b.x_max, b.y_max))
+            )
         return pos
 
     def upsert(self, s: Subscription) -> None:
-        pos = self._append(s)
-        b = s.qualifiers.spatial
-        if b is not None:
-            self.tree.insert(pos, (b.x_min, b.y_min, b.x_max, b.y_max))
-            self._tree_empty = False
+        self._append(s)
         self._maybe_compact()
 
     def remove(self, sub_id: int) -> None:
@@ -325,7 +537,19 @@ class _CollectionIndex:
             subs.append(**row)
         self._reset(subs, nums, strs)
 
-    def unboxed(self) -> tuple[I64, dict[int, I64]]:
+    def grid(self) -> tuple[_Grid, I64]:
+        """The grid, rebuilt when the pieces added since outnumber an eighth of it, and the
+        pieces every event scans (wide and recent)."""
+        if self._grid is None or len(self._recent) > max(256, len(self.pieces.view("pos")) // 8):
+            plive = self.subs.view("alive")[self.pieces.view("pos")]
+            self._grid = _Grid(self.pieces.view("box"), plive)
+            self._recent = []
+        scan = self._grid.wide
+        if self._recent:
+            scan = np.concatenate((scan, np.array(self._recent, np.int64)))
+        return self._grid, scan
+
+    def unboxed(self) -> tuple[I64, I64, I64, I64]:
         if self._unboxed is None:
             live = np.flatnonzero(self.subs.view("alive") & ~self.subs.view("has_box"))
             keyed = self.subs.view("s_cnt")[live] > 0
@@ -334,68 +558,60 @@ class _CollectionIndex:
             order = np.argsort(values, kind="stable")
             values, by_value = values[order], by_value[order]
             keys, starts = np.unique(values, return_index=True)
-            ends = [*starts[1:].tolist(), len(values)][: len(keys)]
-            postings = {
-                int(k): by_value[a:b] for k, a, b in zip(keys, starts.tolist(), ends, strict=True)
-            }
-            self._unboxed = (scan.astype(np.int64), postings)
+            starts = np.append(starts, len(values)).astype(np.int64)
+            self._unboxed = (
+                scan.astype(np.int64),
+                keys.astype(np.int64),
+                starts,
+                by_value.astype(np.int64),
+            )
         return self._unboxed
 
-    def match(self, events: Sequence[GranuleEvent], now_us: int) -> list[list[int]]:
-        """Ids of the subscriptions each event matches, in position order."""
-        E = len(events)
-        A = max(1, len(self._interner.attrs))
-        ev_type = np.zeros(E, np.uint8)
-        ev_t = np.zeros((2, E), np.int64)
-        ev_has_box = np.zeros(E, np.bool_)
-        ev_box = np.zeros((E, 4), np.float64)
-        ev_num = np.full((E, A), np.nan)
-        ev_str = np.full((E, A), _NO_VALUE, np.int64)
-        attrs, values = self._interner.attrs, self._interner.values
-        for i, e in enumerate(events):
-            ev_type[i] = _TYPE_BIT[e.type]
-            ev_t[0, i], ev_t[1, i] = e.start_us, e.end_us
-            if e.box is not None:
-                ev_has_box[i] = True
-                ev_box[i] = (e.box.x_min, e.box.y_min, e.box.x_max, e.box.y_max)
-            for name, v in e.numeric:
-                a = attrs.get(name)
-                if a is not None:
-                    ev_num[i, a] = v
-            for name, sv in e.strings:
-                a = attrs.get(name)
-                if a is not None:
-                    ev_str[i, a] = values.get((a, sv), _NO_VALUE)
-        scan, postings = self.unboxed()
-        cand_ev = [np.repeat(np.arange(E, dtype=np.int64), len(scan))]
-        cand_pos = [np.tile(scan.astype(np.int64), E)]
-        if postings:
-            for i in range(E):
-                for v in np.unique(ev_str[i]).tolist():
-                    hit = postings.get(v)
-                    if hit is not None:
-                        cand_ev.append(np.full(len(hit), i, np.int64))
-                        cand_pos.append(hit)
-        boxed_ev = np.flatnonzero(ev_has_box)
-        if len(boxed_ev) and not self._tree_empty:
-            intersect: Any = self.tree.intersection_v  # untyped in rtree
-            hits, counts = intersect(ev_box[boxed_ev, :2], ev_box[boxed_ev, 2:])
-            cand_ev.append(np.repeat(boxed_ev.astype(np.int64), counts.astype(np.int64)))
-            cand_pos.append(hits.astype(np.int64))
-        ce, cp = np.concatenate(cand_ev), np.concatenate(cand_pos)
-        s, n, st = self.subs, self.nums, self.strs
-        ok = _check_kernel(
-            ce, cp, now_us, ev_type, ev_t[0], ev_t[1], ev_has_box, ev_box, ev_num, ev_str,
+    def match(self, evs: I64, ev: _Events, now_us: int) -> tuple[I64, I64]:
+        """(event, subscription id) of the events ``evs``' matches; a pair may repeat."""
+        grid, scan_pieces = self.grid()
+        scan, keys, starts, postings = self.unboxed()
+        s, n, st, pc = self.subs, self.nums, self.strs, self.pieces
+        e, p = _match_kernel(
+            evs, now_us, ev.type, ev.t0, ev.t1, ev.has_box, ev.box, ev.num, ev.str,
             s.view("alive"), s.view("active"), s.view("expires"), s.view("types"),
             s.view("has_t"), s.view("t0"), s.view("t1"), s.view("has_box"), s.view("box"),
             s.view("n_off"), s.view("n_cnt"), n.view("attr"), n.view("min"), n.view("max"),
             s.view("s_off"), s.view("s_cnt"), st.view("attr"), st.view("val"),
+            pc.view("box"), pc.view("pos"), grid.params, grid.start, grid.items, scan_pieces,
+            scan, keys, starts, postings,
         )  # fmt: skip
-        ce, cp = ce[ok], cp[ok]
-        order = np.lexsort((cp, ce))
-        ids = s.view("sid")[cp[order]]
-        bounds = np.searchsorted(ce[order], np.arange(E + 1))
-        return [ids[bounds[i] : bounds[i + 1]].tolist() for i in range(E)]
+        return e, s.view("sid")[p]
+
+
+class _Events:
+    """A batch of events as columns for the kernel (attributes by interned number)."""
+
+    def __init__(self, events: Sequence[GranuleEvent], interner: _Interner) -> None:
+        E = len(events)
+        A = max(1, len(interner.attrs))
+        self.type = np.zeros(E, np.uint8)
+        self.t0 = np.zeros(E, np.int64)
+        self.t1 = np.zeros(E, np.int64)
+        self.has_box = np.zeros(E, np.bool_)
+        self.box = np.zeros((E, 4), np.float64)
+        self.num = np.full((E, A), np.nan)
+        self.str = np.full((E, A), _NO_VALUE, np.int64)
+        attrs, values = interner.attrs, interner.values
+        for i, e in enumerate(events):
+            self.type[i] = _TYPE_BIT[e.type]
+            self.t0[i], self.t1[i] = e.start_us, e.end_us
+            if e.box is not None:
+                self.has_box[i] = True
+                self.box[i] = (e.box.x_min, e.box.y_min, e.box.x_max, e.box.y_max)
+            for name, v in e.numeric:
+                a = attrs.get(name)
+                if a is not None:
+                    self.num[i, a] = v
+            for name, sv in e.strings:
+                a = attrs.get(name)
+                if a is not None:
+                    self.str[i, a] = values.get((a, sv), _NO_VALUE)
 
 
 class MatchEngine:
@@ -420,7 +636,9 @@ class MatchEngine:
         starts = np.flatnonzero(np.diff(rows["coll"])) + 1
         for chunk in np.split(rows, starts) if len(rows) else []:
             key = collections[int(chunk["coll"][0])]
-            engine._indexes[key] = _CollectionIndex.from_rows(engine._interner, chunk, attrs)
+            ix = engine._indexes[key] = _CollectionIndex.from_rows(engine._interner, chunk, attrs)
+            ix.grid()  # ready means ready: not left to the first match
+            ix.unboxed()
         return engine
 
     def __len__(self) -> int:
@@ -444,19 +662,33 @@ class MatchEngine:
     def match(
         self, events: Sequence[GranuleEvent], now_us: int
     ) -> list[tuple[GranuleEvent, list[int]]]:
-        """Each event with the ids of the live subscriptions it matches, in input order."""
+        """Each event with the ids of the live subscriptions it matches (ascending), in input
+        order."""
         groups: dict[str, list[int]] = {}
         for i, e in enumerate(events):
             groups.setdefault(e.collection, []).append(i)
-        out: list[list[int]] = [[] for _ in events]
+        found_e: list[I64] = []
+        found_id: list[I64] = []
         with self._lock:
+            ev = _Events(events, self._interner)
             for coll, idx in groups.items():
                 ix = self._indexes.get(coll)
-                if ix is None:
-                    continue
-                for i, ids in zip(idx, ix.match([events[i] for i in idx], now_us), strict=True):
-                    out[i] = ids
-        return list(zip(events, out, strict=True))
+                if ix is not None:
+                    at, ids = ix.match(np.array(idx, np.int64), ev, now_us)
+                    found_e.append(at)
+                    found_id.append(ids)
+        if not found_e:
+            return [(x, []) for x in events]
+        ev_no, ids = np.concatenate(found_e), np.concatenate(found_id)
+        order = np.lexsort((ids, ev_no))
+        ev_no, ids = ev_no[order], ids[order]
+        # A pair met through two piece pairs (boxes across the antimeridian) comes twice.
+        first = np.ones(len(ev_no), np.bool_)
+        first[1:] = (ev_no[1:] != ev_no[:-1]) | (ids[1:] != ids[:-1])
+        ev_no, ids = ev_no[first], ids[first]
+        bounds = np.searchsorted(ev_no, np.arange(len(events) + 1)).tolist()
+        id_list = ids.tolist()
+        return [(x, id_list[bounds[i] : bounds[i + 1]]) for i, x in enumerate(events)]
 
 
 def warm() -> None:

@@ -4,10 +4,10 @@ Databases: ``subs`` (id → JSON), ``by_owner`` / ``by_theme`` (name NUL id → 
 ``idx`` / ``idx_attrs`` (id → the matching fields, see matching.index_row, for a fast restart),
 ``sub_actions`` (id → the action list as recorded with a match), ``collections`` (key → JSON with
 a number for idx rows), ``tokens`` (token id → salted SHA-256 digest, owner, role), ``events``
-(event id → JSON), ``actions`` (event id, subscription id, action index → the subscription's
-action list when matched), ``actions_by_owner``, and ``changes`` (generation → id of the
-subscription written), which lets every process that serves the store bring its in-memory index
-up to date with writes made by the others. Ids and action keys are big-endian, so
+(event id → model.event_to_bytes), ``actions`` (event id, subscription id, action index → the
+subscription's action list when matched), ``actions_by_owner``, and ``changes`` (generation → id
+of the subscription written), which lets every process that serves the store bring its in-memory
+index up to date with writes made by the others. Ids and action keys are big-endian, so
 queues append at the end of their trees and scan in order.
 
 An accepted event batch and every action its matches produce are written in one synced
@@ -45,8 +45,8 @@ from heliostat.subscriptions.model import (
     MatchedAction,
     StoredEvent,
     Subscription,
-    event_from_dict,
-    event_to_dict,
+    event_from_bytes,
+    event_to_bytes,
     subscription_from_dict,
     subscription_to_dict,
 )
@@ -107,6 +107,7 @@ class SubscriptionStore:
             self._tokens, self._events, self._actions, self._actions_by_owner, self._idx,
             self._idx_attrs, self._sub_actions, self._changes,
         ) = dbs  # fmt: skip
+        self._coll_no: dict[str, int] = {}  # collection key → number in idx rows
 
     def close(self) -> None:
         self._db.close()
@@ -195,15 +196,42 @@ class SubscriptionStore:
     def delete(self, subs: Sequence[Subscription]) -> None:
         def write(txn: _Txn) -> None:
             for s in subs:
-                key = _U64.pack(s.id)
-                for db in (self._subs, self._idx, self._idx_attrs, self._sub_actions):
-                    txn.delete(key, db=db)
-                self._log_change(txn, s.id)
-                txn.delete(_name_key(s.owner, s.id), db=self._by_owner)
-                if s.theme:
-                    txn.delete(_name_key(s.theme, s.id), db=self._by_theme)
+                self._delete_sub(txn, s)
 
         self._db.write(write)
+
+    def apply(
+        self,
+        creates: Sequence[Subscription],
+        pairs: Sequence[tuple[Subscription, Subscription]],
+        deletes: Sequence[Subscription],
+    ) -> tuple[list[Subscription], int]:
+        """create, replace and delete in one transaction (a group commit); returns the created
+        subscriptions with their ids, and the generation before (the transaction logs one change
+        per subscription). A subscription appears at most once in pairs and deletes."""
+
+        def write(txn: _Txn) -> tuple[list[Subscription], int]:
+            generation = self._generation(txn)
+            first = self._next(txn, _NEXT_SUB, len(creates)) if creates else 0
+            out = [dataclasses.replace(s, id=first + i) for i, s in enumerate(creates)]
+            for s in out:
+                self._put_sub(txn, s, None)
+            for old, new in pairs:
+                self._put_sub(txn, new, old)
+            for s in deletes:
+                self._delete_sub(txn, s)
+            return out, generation
+
+        return self._db.write(write)
+
+    def _delete_sub(self, txn: _Txn, s: Subscription) -> None:
+        key = _U64.pack(s.id)
+        for db in (self._subs, self._idx, self._idx_attrs, self._sub_actions):
+            txn.delete(key, db=db)
+        self._log_change(txn, s.id)
+        txn.delete(_name_key(s.owner, s.id), db=self._by_owner)
+        if s.theme:
+            txn.delete(_name_key(s.theme, s.id), db=self._by_theme)
 
     def _log_change(self, txn: _Txn, sub_id: int) -> None:
         gen = self._next(txn, _NEXT_GEN, 1)
@@ -237,10 +265,13 @@ class SubscriptionStore:
         key = _U64.pack(s.id)
         self._log_change(txn, s.id)
         txn.put(key, _dumps(subscription_to_dict(s)), db=self._subs)
-        raw_coll = txn.get(s.collection.encode(), db=self._collections)
-        if raw_coll is None:
-            raise ValueError(f"no collection {s.collection}")
-        txn.put(key, index_row(s, json.loads(raw_coll)["no"]), db=self._idx)
+        coll_no = self._coll_no.get(s.collection)
+        if coll_no is None:  # numbers never change: read once
+            raw_coll = txn.get(s.collection.encode(), db=self._collections)
+            if raw_coll is None:
+                raise ValueError(f"no collection {s.collection}")
+            coll_no = self._coll_no[s.collection] = json.loads(raw_coll)["no"]
+        txn.put(key, index_row(s, coll_no), db=self._idx)
         attrs = attr_row(s)
         if attrs is None:
             txn.delete(key, db=self._idx_attrs)
@@ -271,9 +302,13 @@ class SubscriptionStore:
         ) -> tuple[npt.NDArray[Any], dict[int, AttrRow], dict[int, str], int]:
             raw = b"".join(txn.cursor(self._idx).iternext(keys=False))
             rows = np.frombuffer(raw, ROW)
-            attrs = {
-                _U64.unpack(k)[0]: json.loads(v) for k, v in txn.cursor(self._idx_attrs).iternext()
-            }
+            keys, values = [], []
+            for k, v in txn.cursor(self._idx_attrs).iternext():
+                keys.append(k)
+                values.append(v)
+            # One JSON document for all: a parse per row cost more than the parsing.
+            ids = np.frombuffer(b"".join(keys), ">u8").tolist()
+            attrs = dict(zip(ids, json.loads(b"[" + b",".join(values) + b"]"), strict=True))
             colls = {}
             for k, v in txn.cursor(self._collections).iternext():
                 colls[json.loads(v)["no"]] = k.decode()
@@ -355,31 +390,41 @@ class SubscriptionStore:
             return []
         first = self._next(txn, _NEXT_EVENT, len(matches))
         out = []
-        blobs: dict[int, tuple[bytes, bytes] | None] = {}  # id → (owner prefix, action list)
+        # Each matched subscription's (owner prefix, action list), read in key order in one
+        # call; one deleted since it matched has none.
+        wanted = sorted({sid for _, ids in matches for sid in ids})
+        blobs: dict[int, tuple[bytes, bytes, frozenset[int]]] = {
+            _U64.unpack(k)[0]: (blob[1 : blob.index(b"\0") + 1], blob, _disabled(blob))
+            for k, blob in txn.cursor(self._sub_actions).getmulti([_U64.pack(i) for i in wanted])
+        }
+        # Built first, then written by putmulti (a C loop).
+        events: list[tuple[bytes, bytes]] = []
+        actions: list[tuple[bytes, bytes]] = []
+        by_owner: list[tuple[bytes, bytes]] = []
+        pack = _ACTION_KEY.pack
         for i, (event, sub_ids) in enumerate(matches):
             eid = first + i
-            # Ids only grow, so events append at the end of the tree.
-            if not txn.put(
-                _U64.pack(eid), _dumps(event_to_dict(event)), append=True, db=self._events
-            ):
-                raise lmdb.CorruptedError(f"event id {eid} is already taken")
-            for sid in sub_ids:
-                if sid not in blobs:
-                    blob = txn.get(_U64.pack(sid), db=self._sub_actions)
-                    # None: deleted since it matched
-                    blobs[sid] = None if blob is None else (blob[1 : blob.index(b"\0") + 1], blob)
-                found = blobs[sid]
+            events.append((_U64.pack(eid), event_to_bytes(event)))
+            for sid in sorted(sub_ids):
+                found = blobs.get(sid)
                 if found is None:
                     continue
-                owner_prefix, blob = found
-                off = _disabled(blob)
+                owner_prefix, blob, off = found
                 for k in range(blob[0]):
                     if k in off:
                         continue
-                    key = _ACTION_KEY.pack(eid, sid, k)
-                    txn.put(key, blob, db=self._actions)
-                    txn.put(owner_prefix + key, b"", db=self._actions_by_owner)
+                    key = pack(eid, sid, k)
+                    actions.append((key, blob))
+                    by_owner.append((owner_prefix + key, b""))
             out.append(StoredEvent(eid, event))
+        # Ids only grow, so events and actions append at the end of their trees.
+        added = txn.cursor(self._events).putmulti(events, overwrite=False, append=True)[1]
+        if added != len(events):
+            raise lmdb.CorruptedError(f"event ids from {first} are already taken")
+        if txn.cursor(self._actions).putmulti(actions, append=True)[1] != len(actions):
+            raise lmdb.CorruptedError(f"action keys from event {first} on are already taken")
+        by_owner.sort()
+        txn.cursor(self._actions_by_owner).putmulti(by_owner)
         return out
 
     def disable_action(self, sub_id: int, index: int, reason: str) -> Subscription | None:
@@ -426,7 +471,7 @@ class SubscriptionStore:
         if eid not in events:
             ev_raw = txn.get(_U64.pack(eid), db=self._events)
             assert ev_raw is not None, "an action's event is written with it"
-            events[eid] = event_from_dict(json.loads(ev_raw))
+            events[eid] = event_from_bytes(ev_raw)
         sep = raw.index(b"\0")
         kind, params = json.loads(raw[sep + 1 :])[k]
         action = Action(kind, tuple(sorted(params.items())))

@@ -1,0 +1,114 @@
+"""Recording matched events: concurrent publishers, every action of every acknowledged event,
+actions in key order for all and per owner, events read back as published."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from heliostat.subscriptions.auth import Principal
+from heliostat.subscriptions.model import (
+    Action,
+    Box,
+    Collection,
+    GranuleEvent,
+    MatchedAction,
+    NumericRange,
+    Qualifiers,
+    StoredEvent,
+    Subscription,
+)
+from heliostat.subscriptions.service import SubscriptionService
+from heliostat.subscriptions.store import action_key
+
+OP = Principal("ops", operator=True)
+TWO = (
+    Action("email", (("address", "a@example.org"),)),
+    Action(
+        "webhook",
+        (("secret", "a-webhook-secret-of-32-bytes-000"), ("url", "https://example.org/h")),
+    ),
+)
+
+
+def test_concurrent_publishers_record_every_action_in_order(tmp_path: Path) -> None:
+    svc = SubscriptionService(tmp_path / "subs")
+    svc.create_collection(OP, Collection("MODIS", "6", "geographic"))
+    subs = [
+        svc.create(
+            Principal(f"o{i % 3}"),
+            Subscription(
+                0,
+                "",
+                "MODIS.6",
+                frozenset({"insert"}),
+                actions=TWO[: 1 + i % 2],
+                qualifiers=Qualifiers(spatial=Box(i, 0, i + 10, 10)),
+            ),
+        )
+        for i in range(12)
+    ]
+    subs.append(
+        svc.create(
+            Principal("o9"),
+            Subscription(
+                0,
+                "",
+                "MODIS.6",
+                frozenset({"insert"}),
+                actions=TWO,
+                qualifiers=Qualifiers(numeric=(NumericRange("cloud", 0, 50),)),
+            ),
+        )
+    )
+
+    def batch(k: int) -> list[StoredEvent]:
+        evs = [
+            GranuleEvent(
+                "MODIS.6",
+                "insert",
+                f"g{k}.{j}",
+                k,
+                k + 1,
+                Box(j, 1, j + 0.5, 2),
+                (("cloud", float(10 * j)),),
+                (("band", f"b{j}"),),
+            )
+            for j in range(10)
+        ]
+        return svc.publish(OP, evs)
+
+    with ThreadPoolExecutor(4) as pool:
+        stored = [e for b in pool.map(batch, range(40)) for e in b]
+    assert len({e.id for e in stored}) == 400
+
+    def expected(e: GranuleEvent) -> list[tuple[int, int]]:
+        out = []
+        for s in subs:
+            q = s.qualifiers
+            hit = (
+                q.spatial is not None
+                and e.box is not None
+                and q.spatial.x_min <= e.box.x_max
+                and e.box.x_min <= q.spatial.x_max
+            ) or (q.numeric and dict(e.numeric)["cloud"] <= 50)
+            out += [(s.id, k) for k in range(len(s.actions))] if hit else []
+        return out
+
+    def paged(who: Principal) -> list[MatchedAction]:
+        out: list[MatchedAction] = []
+        while page := svc.actions(who, out[-1].id if out else "", 1000):
+            out += page
+        return out
+
+    want = sorted((e.id, sid, k) for e in stored for sid, k in expected(e.event))
+    got = paged(OP)
+    assert [(a.event_id, a.subscription_id, a.index) for a in got] == want
+    keys = [action_key(a.id) for a in got]
+    assert keys == sorted(keys)
+    by_id = {e.id: e.event for e in stored}
+    assert all(a.event == by_id[a.event_id] for a in got)  # read back as published
+    assert {a.action for a in got} == set(TWO)
+    for owner in ("o0", "o1", "o2", "o9"):
+        assert paged(Principal(owner)) == [a for a in got if a.owner == owner]
+    svc.close()
