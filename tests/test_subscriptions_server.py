@@ -115,10 +115,12 @@ def test_image_ingest_matches(served: tuple[RunningServer, dict[str, str]]) -> N
 
 def test_publish_and_operator(served: tuple[RunningServer, dict[str, str]]) -> None:
     with client(served, "ops") as ops, client(served, "alice") as alice:
-        with pytest.raises(grpc.RpcError) as e:
-            alice.create_collection("MODIS")
-        assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
         assert ops.create_collection("MODIS", "6").key == "MODIS.6"
+        mine = alice.create_collection("ALICE_L2")  # any caller, who then owns it
+        assert (mine.key, mine.owner) == ("ALICE_L2.1", "alice")
+        with pytest.raises(grpc.RpcError) as e:
+            alice.create_collection("OTHER", owner="bob")
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         fires = alice.create_subscription(
             pb.Subscription(
                 collection="MODIS.6",
@@ -150,8 +152,16 @@ def test_publish_and_operator(served: tuple[RunningServer, dict[str, str]]) -> N
         cloudy = pb.GranuleEvent()
         cloudy.CopyFrom(ev)
         cloudy.numeric["cloud"] = 80.0
+        with pytest.raises(grpc.RpcError) as e:
+            alice.publish_events([ev])  # the operator's collection
+        assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "events[0].collection" in (e.value.details() or "")
         ids = ops.publish_events([ev, cloudy])
         assert len(ids) == 2
+        own = pb.GranuleEvent()
+        own.CopyFrom(ev)
+        own.collection = "ALICE_L2.1"
+        assert len(alice.publish_events([own])) == 1
         got = alice.actions(after=before[-1].id if before else "", limit=1000)
         assert [(a.event_id, a.subscription_id) for a in got] == [(ids[0], fires.id)]
         assert got[0].event.granule == "MOD021KM.A2026.hdf"

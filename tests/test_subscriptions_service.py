@@ -93,8 +93,29 @@ def test_image_collections_mirror_sources(svc: SubscriptionService) -> None:
     with pytest.raises(InvalidArgument) as e:
         svc.create_collection(OP, Collection("MODIS", "6", "geographic"))
     assert e.value.field == "short_name"
-    with pytest.raises(PermissionDenied):
-        svc.create_collection(ALICE, Collection("X", "1", "geographic"))
+    # Any caller creates collections and owns them; only the operator names another owner.
+    assert svc.create_collection(ALICE, Collection("X", "1", "geographic")).owner == "alice"
+    with pytest.raises(InvalidArgument) as e:
+        svc.create_collection(ALICE, Collection("Y", "1", "geographic", owner="bob"))
+    assert e.value.field == "owner"
+    made = svc.create_collection(OP, Collection("Y", "1", "geographic", owner="bob"))
+    assert made.owner == "bob"
+    assert {c.key: c.owner for c in svc.collections()}["Y.1"] == "bob"  # stored
+
+
+def test_collection_owner_publishes(svc: SubscriptionService) -> None:
+    """A data provider creates its collection and publishes to it; others may not."""
+    svc.create_collection(ALICE, Collection("SWATH", "2", "geographic"))
+    watcher = svc.create(BOB, sub(collection="SWATH.2"))
+    ev = GranuleEvent("SWATH.2", "insert", "g1", 100, 200)
+    (stored,) = svc.publish(ALICE, [ev])
+    assert [(a.event_id, a.subscription_id) for a in svc.actions(BOB, "", 0)] == [
+        (stored.id, watcher.id)
+    ]
+    with pytest.raises(PermissionDenied) as e:
+        svc.publish(BOB, [ev])
+    assert e.value.field == "events[0].collection"
+    assert svc.store.event_ids()[1] == stored.id  # nothing more recorded
 
 
 def test_crud_and_ownership(svc: SubscriptionService) -> None:
@@ -152,8 +173,9 @@ def test_publish_matches_and_records_actions(svc: SubscriptionService) -> None:
     svc.create(ALICE, sub(event_types=frozenset({"delete"})))
     paused = svc.create(ALICE, sub(active=False))
     expired = svc.create(ALICE, sub(expires_us=1))
-    with pytest.raises(PermissionDenied):
-        svc.publish(ALICE, [granule()])
+    with pytest.raises(PermissionDenied) as denied:
+        svc.publish(ALICE, [granule()])  # MODIS.6 is the operator's
+    assert denied.value.field == "events[0].collection"
     with pytest.raises(InvalidArgument) as e:
         svc.publish(OP, [granule(), granule(start_us=5, end_us=1)])
     assert e.value.field == "events[1].end"

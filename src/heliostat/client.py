@@ -267,11 +267,15 @@ class HeliostatClient:
         return list(r.collections)
 
     def create_collection(
-        self, short_name: str, version: str = "1"
+        self, short_name: str, version: str = "1", owner: str = ""
     ) -> subscriptions_pb2.SubscriptionCollection:
-        """A collection of non-image granules with lon/lat footprints (operator only)."""
+        """A collection of non-image granules with lon/lat footprints, whose events the caller
+        (or ``owner``, named by the operator) and the operator publish."""
         c = subscriptions_pb2.SubscriptionCollection(
-            short_name=short_name, version=version, frame=subscriptions_pb2.FRAME_GEOGRAPHIC
+            short_name=short_name,
+            version=version,
+            frame=subscriptions_pb2.FRAME_GEOGRAPHIC,
+            owner=owner,
         )
         return self.subs.CreateCollection(
             subscriptions_pb2.CreateCollectionRequest(collection=c),

@@ -195,7 +195,7 @@ def _subscription_out(s: model.Subscription) -> pb.Subscription:
 def _collection_out(c: model.Collection) -> pb.SubscriptionCollection:
     return pb.SubscriptionCollection(
         short_name=c.short_name, version=c.version, frame=_FRAMES[c.frame],
-        source_id=c.source_id or 0, key=c.key,
+        source_id=c.source_id or 0, key=c.key, owner=c.owner,
     )  # fmt: skip
 
 
@@ -291,7 +291,7 @@ class SubscriptionServicer(subscriptions_pb2_grpc.SubscriptionServiceServicer):
     ) -> pb.SubscriptionCollection:
         m = request.collection
         frame = _FRAMES_IN.get(m.frame, "geographic")
-        c = model.Collection(m.short_name, m.version, frame)
+        c = model.Collection(m.short_name, m.version, frame, owner=m.owner)
         done = await offload(context, self.executor, lambda: self.subs.create_collection(who, c))
         return _collection_out(done)
 

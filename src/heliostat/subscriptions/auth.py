@@ -22,7 +22,8 @@ _PREFIX = "hst"
 
 
 class PermissionDenied(HeliostatError):
-    """The caller is known but may not do this (an operator-only call)."""
+    """The caller is known but may not do this (an operator-only call, or another owner's
+    collection)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -56,6 +56,7 @@ class Collection:
     version: str
     frame: Frame
     source_id: int | None = None  # the catalog data source it mirrors, if any
+    owner: str = ""  # who publishes its events (the creator); "" for image collections
 
     @property
     def key(self) -> str:

@@ -28,7 +28,7 @@ from typing import Literal
 from heliostat.archive import sources
 from heliostat.catalog.codec import CatalogEvent, EventKind
 from heliostat.errors import InvalidArgument, NotFound
-from heliostat.subscriptions.auth import Principal, authenticate
+from heliostat.subscriptions.auth import PermissionDenied, Principal, authenticate
 from heliostat.subscriptions.groupcommit import GroupCommit
 from heliostat.subscriptions.lifecycle import ActionState, Attempt, Ledger
 from heliostat.subscriptions.matching import MatchEngine
@@ -152,7 +152,11 @@ class SubscriptionService:
         return sorted(self._collections.values(), key=lambda c: c.key)
 
     def create_collection(self, who: Principal, c: Collection) -> Collection:
-        who.require_operator("create collections")
+        """A collection of client granules, whose events its owner (the creator, unless the
+        operator names another) and the operator publish."""
+        if c.owner and c.owner != who.owner and not who.operator:
+            raise InvalidArgument("only the operator creates collections for others", field="owner")
+        c = dataclasses.replace(c, owner=c.owner or who.owner)
         if c.source_id is not None:
             raise InvalidArgument("image collections mirror the data sources", field="source_id")
         validate_collection(c)
@@ -331,8 +335,8 @@ class SubscriptionService:
 
     def publish(self, who: Principal, events: Sequence[GranuleEvent]) -> list[StoredEvent]:
         """Match a batch of granule events and record them with their actions; returns the
-        events with their ids once durable. Events come from data providers: operator only."""
-        who.require_operator("publish events")
+        events with their ids once durable. Events come from data providers: the owner of each
+        event's collection, or the operator."""
         if not events:
             raise InvalidArgument("name at least one event", field="events")
         if len(events) > MAX_PUBLISH:
@@ -342,6 +346,11 @@ class SubscriptionService:
             if c.source_id is not None:
                 raise InvalidArgument(
                     "image collections are fed by the catalog", field=f"events[{i}].collection"
+                )
+            if c.owner != who.owner and not who.operator:
+                raise PermissionDenied(
+                    f"only {c.owner!r} and the operator publish to {c.key}",
+                    field=f"events[{i}].collection",
                 )
             validate_event(e, c.frame, i)
         return self._record(events, None)

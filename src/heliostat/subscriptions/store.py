@@ -160,7 +160,8 @@ class SubscriptionStore:
                     continue
                 value = _dumps(
                     {"short_name": c.short_name, "version": c.version, "frame": c.frame,
-                     "source_id": c.source_id, "no": txn.stat(self._collections)["entries"]}
+                     "source_id": c.source_id, "owner": c.owner,
+                     "no": txn.stat(self._collections)["entries"]}
                 )  # fmt: skip
                 if txn.put(c.key.encode(), value, overwrite=False, db=self._collections):
                     added.append(c)
