@@ -343,7 +343,8 @@ class HeliostatClient:
         return int(call(req, timeout=self.timeout, metadata=self._auth).count)
 
     def publish_events(self, events: Sequence[subscriptions_pb2.GranuleEvent]) -> list[int]:
-        """Publish granule events (operator only); returns their ids once durable."""
+        """Publish granule events (to collections the caller owns, or any as the operator);
+        returns their ids once durable."""
         r = self.subs.PublishEvents(
             subscriptions_pb2.PublishEventsRequest(events=list(events)),
             timeout=self.timeout,
