@@ -450,6 +450,19 @@ class SubscriptionServicer(subscriptions_pb2_grpc.SubscriptionServiceServicer):
 
     @handles_errors
     @authenticated
+    async def PurgeDeadLetters(
+        self, request: pb.PurgeDeadLettersRequest, context: Ctx, who: Principal
+    ) -> pb.PurgeDeadLettersResponse:
+        before = timestamp_us(request.before, "before") if request.HasField("before") else None
+        n = await offload(
+            context,
+            self.executor,
+            lambda: self.subs.purge_dead_letters(who, request.owner, before),
+        )
+        return pb.PurgeDeadLettersResponse(purged=n)
+
+    @handles_errors
+    @authenticated
     async def WatchNotifications(
         self, request: pb.WatchNotificationsRequest, context: Ctx, who: Principal
     ) -> None:

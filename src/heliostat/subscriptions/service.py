@@ -342,6 +342,17 @@ class SubscriptionService:
         self.stats.count("replayed", len(done))
         return [a for a, k in zip(action_ids, keys, strict=True) if k in done]
 
+    def purge_dead_letters(self, who: Principal, owner: str, before_us: int | None) -> int:
+        """Remove dead letters for good (an owner's or all; those failed before before_us, or
+        all), with their attempt logs and emptied events; operator only."""
+        who.require_operator("purge dead letters")
+        before = 2**63 - 1 if before_us is None else max(before_us, 0)
+        n, logs, events = self.ledger.purge_dead(owner or None, before, 500)
+        self.stats.count("dead_letters_purged", n)
+        self.stats.count("deleted_logs", logs)
+        self.stats.count("deleted_events", events)
+        return n
+
     def delivery_stats(self) -> PipelineCounts:
         depths = self.ledger.depths(now_us())
         counts = self.store.counts()
