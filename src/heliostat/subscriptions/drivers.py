@@ -32,7 +32,7 @@ from typing import TypeVar
 
 from heliostat.subscriptions.channels.base import Channel, Delivery, Result
 from heliostat.subscriptions.lifecycle import US, Leased, RetryPolicy
-from heliostat.subscriptions.model import ActionKind, Subscription
+from heliostat.subscriptions.model import ActionKind, Subscription, redact_text
 from heliostat.subscriptions.service import SubscriptionService, now_us
 
 T = TypeVar("T")
@@ -293,7 +293,8 @@ class Drivers:
         for x, r in gone:
             sid = int.from_bytes(x.state.key[8:16], "big")
             index = int.from_bytes(x.state.key[16:18], "big")
-            self.service.store.disable_action(sid, index, f"receiver gone: {r.detail}")
+            reason = redact_text(f"receiver gone: {r.detail}")
+            self.service.store.disable_action(sid, index, reason)
 
 
 TAIL_BATCH = 1000

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from heliostat.subscriptions.channels.base import Result
-from heliostat.subscriptions.model import ACTION_KINDS, ActionKind, MatchedAction
+from heliostat.subscriptions.model import ACTION_KINDS, ActionKind, MatchedAction, redact_text
 from heliostat.subscriptions.store import SubscriptionStore
 
 State = Literal["pending", "leased", "delivered", "failed", "disabled"]
@@ -369,7 +369,9 @@ class Ledger:
         policy: RetryPolicy, worker: str,
     ) -> Recorded:  # fmt: skip
         k = leased.state.key
-        log = {"t": now_us, "o": r.outcome, "d": r.detail[:2000], "s": seconds, "w": worker}
+        # A receiver's answer may quote a URL with its password: never kept, so never shown.
+        detail = redact_text(r.detail[:2000])
+        log = {"t": now_us, "o": r.outcome, "d": detail, "s": seconds, "w": worker}
         raw = txn.get(k, db=self._state)
         if raw is None:
             return Recorded(None)  # deleted meanwhile
@@ -385,7 +387,6 @@ class Ledger:
         state: State
         dead = False
         due = now_us
-        detail = r.detail[:2000]
         if r.outcome == "delivered":
             state = "delivered"
         elif r.outcome == "gone":

@@ -35,6 +35,7 @@ from heliostat.subscriptions.model import (
     Qualifiers,
     StoredEvent,
     Subscription,
+    restore_secrets,
     source_collection,
     validate_collection,
     validate_event,
@@ -196,7 +197,10 @@ class SubscriptionService:
                 active=patch.active if "active" in f else old.active,
                 expires_us=patch.expires_us if "expire_time" in f else old.expires_us,
                 qualifiers=patch.qualifiers if "qualifiers" in f else old.qualifiers,
-                actions=patch.actions if "actions" in f else old.actions,
+                # Secrets come back redacted from reads: *** keeps the stored one.
+                actions=restore_secrets(old.actions, patch.actions)
+                if "actions" in f
+                else old.actions,
                 event_types=patch.event_types if "event_types" in f else old.event_types,
                 theme=patch.theme if "theme" in f else old.theme,
                 updated_us=now_us(),
