@@ -21,6 +21,7 @@ import multiprocessing as mp
 import smtplib
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,8 +34,10 @@ from harness import Report
 
 from heliostat.subscriptions.channels.base import Delivery
 from heliostat.subscriptions.channels.email import EmailChannel, EmailSettings, render
+from heliostat.subscriptions.channels.sendlog import SendLog
 from heliostat.subscriptions.channels.webhook import WebhookChannel, WebhookSettings, payload
 from heliostat.subscriptions.model import Action, Box, GranuleEvent, MatchedAction
+from heliostat.subscriptions.store import SubscriptionStore
 
 SECRET = "bench-secret-of-24-chars"
 BATCH = 100  # webhook deliveries per deliver() call
@@ -126,8 +129,11 @@ async def bare_aiohttp(url: str, n: int) -> float:
 async def email_channel(port: int, n: int, addresses: int | None = None) -> float:
     """Actions/s through EmailChannel; one address per action unless addresses is given."""
     settings = EmailSettings(host="127.0.0.1", port=port, digest_window_s=0, rate_limit=0)
-    ch = EmailChannel(settings)
+    with tempfile.TemporaryDirectory() as tmp, SubscriptionStore(Path(tmp)) as store:
+        return await _email_rate(EmailChannel(settings, SendLog(store)), n, addresses)
 
+
+async def _email_rate(ch: EmailChannel, n: int, addresses: int | None) -> float:
     def address(i: int) -> str:
         return f"user{i if addresses is None else i % addresses}@example.org"
 

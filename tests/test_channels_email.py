@@ -23,6 +23,7 @@ from heliostat.errors import InvalidArgument
 from heliostat.subscriptions.auth import Principal
 from heliostat.subscriptions.channels.base import Delivery
 from heliostat.subscriptions.channels.email import EmailChannel, EmailSettings
+from heliostat.subscriptions.channels.sendlog import SendLog
 from heliostat.subscriptions.model import (
     Action,
     Box,
@@ -37,6 +38,7 @@ from heliostat.subscriptions.model import (
     validate_action,
 )
 from heliostat.subscriptions.service import SubscriptionService
+from heliostat.subscriptions.store import SubscriptionStore
 from tests.conftest import free_port
 
 
@@ -86,11 +88,19 @@ def server() -> Iterator[SmtpServer]:
     s.stop()
 
 
-def channel(server: SmtpServer, **kw: Any) -> EmailChannel:
+@pytest.fixture
+def log(tmp_path: Path) -> Iterator[SendLog]:
+    """The send log, in a store of its own."""
+    store = SubscriptionStore(tmp_path / "sendlog")
+    yield SendLog(store)
+    store.close()
+
+
+def channel(server: SmtpServer, log: SendLog, **kw: Any) -> EmailChannel:
     settings: dict[str, Any] = {"digest_window_s": 0.0, "rate_limit": 0, "timeout_s": 5.0}
     settings.update(kw)
     return EmailChannel(
-        EmailSettings(host="127.0.0.1", port=server.port, sender="hs@sun.example", **settings)
+        EmailSettings(host="127.0.0.1", port=server.port, sender="hs@sun.example", **settings), log
     )
 
 
@@ -118,8 +128,10 @@ def body(m: Message) -> str:
     return payload.decode()
 
 
-async def test_one_digest_per_address_listing_every_action_id(server: SmtpServer) -> None:
-    ch = channel(server)
+async def test_one_digest_per_address_listing_every_action_id(
+    server: SmtpServer, log: SendLog
+) -> None:
+    ch = channel(server, log)
     batch = [delivery("a@example.org", 1), delivery("b@example.org", 2),
              delivery("a@example.org", 3), delivery("a@example.org", 4)]  # fmt: skip
     results = await ch.deliver(batch)
@@ -142,9 +154,9 @@ async def test_one_digest_per_address_listing_every_action_id(server: SmtpServer
 
 
 async def test_content_metadata_lists_everything_qualified_only_what_is_qualified(
-    server: SmtpServer,
+    server: SmtpServer, log: SendLog
 ) -> None:
-    ch = channel(server)
+    ch = channel(server, log)
     await ch.deliver([delivery("m@example.org", 1), delivery("q@example.org", 2, "qualified")])
     await ch.close()
     by_to = {to[0]: body(m) for to, m in server.handler.mails}
@@ -160,8 +172,10 @@ async def test_content_metadata_lists_everything_qualified_only_what_is_qualifie
         assert line not in qualified
 
 
-async def test_rate_limit_and_digest_window_defer_with_retry_after(server: SmtpServer) -> None:
-    ch = channel(server, rate_limit=2, rate_window_s=3.0)
+async def test_rate_limit_and_digest_window_defer_with_retry_after(
+    server: SmtpServer, log: SendLog
+) -> None:
+    ch = channel(server, log, rate_limit=2, rate_window_s=3.0)
     assert [r.outcome for r in await ch.deliver([delivery("a@example.org", 1)])] == ["delivered"]
     assert [r.outcome for r in await ch.deliver([delivery("a@example.org", 2)])] == ["delivered"]
     t0 = time.monotonic()
@@ -179,15 +193,17 @@ async def test_rate_limit_and_digest_window_defer_with_retry_after(server: SmtpS
     assert to == ["a@example.org"] and len(folded["Heliostat-Action-Ids"].split()) == 2
     await ch.close()
 
-    windowed = channel(server, digest_window_s=2.0)
+    windowed = channel(server, log, digest_window_s=2.0)
     assert (await windowed.deliver([delivery("w@example.org", 6)]))[0].outcome == "delivered"
     r = (await windowed.deliver([delivery("w@example.org", 7)]))[0]
     assert r.outcome == "retry" and r.retry_after_s is not None and 1.0 < r.retry_after_s <= 2.0
     await windowed.close()
 
 
-async def test_refused_recipient_fails_or_retries_only_its_actions(server: SmtpServer) -> None:
-    ch = channel(server)
+async def test_refused_recipient_fails_or_retries_only_its_actions(
+    server: SmtpServer, log: SendLog
+) -> None:
+    ch = channel(server, log)
     batch = [delivery("nobody@example.org", 1), delivery("full@example.org", 2),
              delivery("ok@example.org", 3), delivery("nobody@example.org", 4)]  # fmt: skip
     results = await ch.deliver(batch)
@@ -198,8 +214,8 @@ async def test_refused_recipient_fails_or_retries_only_its_actions(server: SmtpS
     assert [to for to, _ in server.handler.mails] == [["ok@example.org"]]
 
 
-async def test_no_server_and_silent_server_are_retry() -> None:
-    ch = EmailChannel(EmailSettings(host="127.0.0.1", port=free_port(), digest_window_s=0))
+async def test_no_server_and_silent_server_are_retry(log: SendLog) -> None:
+    ch = EmailChannel(EmailSettings(host="127.0.0.1", port=free_port(), digest_window_s=0), log)
     r = await ch.deliver([delivery("a@example.org"), delivery("b@example.org")])
     assert [x.outcome for x in r] == ["retry", "retry"] and "no SMTP session" in r[0].detail
     await ch.close()
@@ -208,7 +224,7 @@ async def test_no_server_and_silent_server_are_retry() -> None:
         silent.listen()
         port = silent.getsockname()[1]
         ch = EmailChannel(EmailSettings(host="127.0.0.1", port=port, connect_timeout_s=0.5,
-                                        timeout_s=0.5, digest_window_s=0))  # fmt: skip
+                                        timeout_s=0.5, digest_window_s=0), log)  # fmt: skip
         t0 = time.monotonic()
         r = await ch.deliver([delivery(f"{n}@example.org") for n in "abcdef"])
         assert {x.outcome for x in r} == {"retry"}
@@ -216,9 +232,9 @@ async def test_no_server_and_silent_server_are_retry() -> None:
         await ch.close()
 
 
-async def test_reconnects_after_the_server_restarts() -> None:
+async def test_reconnects_after_the_server_restarts(log: SendLog) -> None:
     server = SmtpServer(Recorder())
-    ch = channel(server)
+    ch = channel(server, log)
     assert (await ch.deliver([delivery("a@example.org", 1)]))[0].outcome == "delivered"
     server.stop()
     again = SmtpServer(Recorder(), server.port)
@@ -237,14 +253,14 @@ def test_content_param_is_validated() -> None:
     assert e.value.field == "actions[2].content"
 
 
-async def test_free_text_is_encoded_not_injected(server: SmtpServer) -> None:
+async def test_free_text_is_encoded_not_injected(server: SmtpServer, log: SendLog) -> None:
     odd = GranuleEvent(
         "AIA_171.1", "insert", "spectra/Ångström\nBcc: victim@example.org", 0, 0,
         strings=(("observer", "Jöns Ångström"),),
     )  # fmt: skip
     action = validate_action(Action("email", (("address", "a@example.org"),)), 0)
     d = Delivery(MatchedAction(9, SUB.id, 0, SUB.owner, action, odd), 1, SUB)
-    ch = channel(server)
+    ch = channel(server, log)
     assert (await ch.deliver([d]))[0].outcome == "delivered"
     await ch.close()
     ((to, m),) = server.handler.mails
@@ -278,7 +294,7 @@ def check_login(
 
 
 @pytest.mark.parametrize("security", ["starttls", "tls"])
-async def test_tls_and_login(security: str, certificate: tuple[Path, Path]) -> None:
+async def test_tls_and_login(security: str, certificate: tuple[Path, Path], log: SendLog) -> None:
     cert, key = certificate
     server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_tls.load_cert_chain(cert, key)
@@ -298,7 +314,7 @@ async def test_tls_and_login(security: str, certificate: tuple[Path, Path]) -> N
             settings = EmailSettings(host="127.0.0.1", port=port, security=security,  # type: ignore[arg-type]
                                      username="hs", password=password, digest_window_s=0,
                                      timeout_s=5)  # fmt: skip
-            ch = EmailChannel(settings, tls_context=client_tls)
+            ch = EmailChannel(settings, log, tls_context=client_tls)
             r = (await ch.deliver([delivery("a@example.org")]))[0]
             await ch.close()
             assert r.outcome == outcome, r
@@ -309,7 +325,7 @@ async def test_tls_and_login(security: str, certificate: tuple[Path, Path]) -> N
 
 
 async def test_mails_actions_as_the_service_records_them(
-    server: SmtpServer, tmp_path: Path
+    server: SmtpServer, tmp_path: Path, log: SendLog
 ) -> None:
     """Publish → the store's MatchedAction → a qualified mail naming its action id."""
     op = Principal("ops", operator=True)
@@ -330,7 +346,7 @@ async def test_mails_actions_as_the_service_records_them(
         sub_now = svc.store.get(s.id)
     finally:
         svc.close()
-    ch = channel(server)
+    ch = channel(server, log)
     (r,) = await ch.deliver([Delivery(action, 1, sub_now)])
     await ch.close()
     assert r.outcome == "delivered"
@@ -338,3 +354,61 @@ async def test_mails_actions_as_the_service_records_them(
     assert m["Heliostat-Action-Ids"] == action.id
     text = body(m)
     assert f"Action {action.id}" in text and "cloud: 3" in text and "sun:" not in text
+
+
+async def test_rate_limit_survives_a_restart(server: SmtpServer, tmp_path: Path) -> None:
+    """Mails up to the limit, then the server process's state is gone (a new service on the same
+    store, as after a restart or kill -9): the next mail is deferred, not sent."""
+    settings = EmailSettings(host="127.0.0.1", port=server.port, timeout_s=5.0, rate_limit=2,
+                             rate_window_s=30.0, digest_window_s=0.0)  # fmt: skip
+    svc = SubscriptionService(tmp_path / "subs")
+    ch = EmailChannel(settings, SendLog(svc.store))
+    t_first = time.time()
+    assert (await ch.deliver([delivery("a@example.org", 1)]))[0].outcome == "delivered"
+    # Several mails of one batch: each logged, before deliver() answers.
+    batch = [delivery(f"{x}@example.org", 2) for x in "acd"]
+    assert [r.outcome for r in await ch.deliver(batch)] == ["delivered"] * 3
+    refused = await ch.deliver([delivery("nobody@example.org", 3)])
+    assert refused[0].outcome == "failed"  # not accepted: not counted
+    await ch.close()
+    svc.close()
+
+    svc = SubscriptionService(tmp_path / "subs")
+    try:
+        logged = SendLog(svc.store).times(["c@example.org", "d@example.org"])
+        assert [len(t) for t in logged.values()] == [1, 1]
+        ch = EmailChannel(settings, SendLog(svc.store))
+        r = await ch.deliver([delivery("a@example.org", 4), delivery("nobody@example.org", 5),
+                              delivery("b@example.org", 6)])  # fmt: skip
+        t_end = time.time()
+        await ch.close()
+    finally:
+        svc.close()
+    assert [x.outcome for x in r] == ["retry", "failed", "delivered"]
+    wait = r[0].retry_after_s
+    # The first mail's time + the window, as measured before the restart.
+    assert wait is not None and t_first + 30.0 - t_end <= wait <= 30.0
+    assert "rate limited" in r[0].detail
+    mailed = [to[0] for to, _ in server.handler.mails]
+    assert mailed == [
+        "a@example.org",
+        "a@example.org",
+        "c@example.org",
+        "d@example.org",
+        "b@example.org",
+    ]
+
+
+def test_send_log_keeps_only_what_limits(log: SendLog) -> None:
+    s = 1_000_000
+    for t in (1, 2, 3, 4):
+        log.add([("a@example.org", t * s)], keep=3, since_us=0)
+    log.add([("b@example.org", 2 * s)], keep=3, since_us=0)
+    assert log.times(["a@example.org", "b@example.org", "c@example.org"]) == {
+        "a@example.org": [2 * s, 3 * s, 4 * s], "b@example.org": [2 * s], "c@example.org": [],
+    }  # fmt: skip
+    log.add([("a@example.org", 10 * s)], keep=3, since_us=4 * s)  # older than the window: dropped
+    assert log.times(["a@example.org"])["a@example.org"] == [4 * s, 10 * s]
+    assert log.prune(since_us=3 * s) == 1  # b's last mail no longer limits it
+    assert log.times(["b@example.org"])["b@example.org"] == []
+    assert log.times(["a@example.org"])["a@example.org"] == [4 * s, 10 * s]

@@ -139,7 +139,7 @@ def test_publish_and_operator(served: tuple[RunningServer, dict[str, str]]) -> N
             )
         )
         assert fires.active  # active unless created otherwise
-        assert dict(fires.actions[0].params) == {"url": "https://x.org/h"}  # secret not echoed
+        assert dict(fires.actions[0].params) == {"url": "https://x.org/h", "secret": "***"}
         before = alice.actions(limit=1000)
         ev = pb.GranuleEvent(
             collection="MODIS.6",
@@ -165,7 +165,7 @@ def test_publish_and_operator(served: tuple[RunningServer, dict[str, str]]) -> N
         got = alice.actions(after=before[-1].id if before else "", limit=1000)
         assert [(a.event_id, a.subscription_id) for a in got] == [(ids[0], fires.id)]
         assert got[0].event.granule == "MOD021KM.A2026.hdf"
-        assert dict(got[0].action.params) == {"url": "https://x.org/h"}
+        assert dict(got[0].action.params) == {"url": "https://x.org/h", "secret": "***"}
 
         bad = pb.GranuleEvent()
         bad.CopyFrom(ev)

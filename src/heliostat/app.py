@@ -43,6 +43,7 @@ from heliostat.subscriptions.channels.datapool import DataPoolChannel
 from heliostat.subscriptions.channels.distribution import DistributionChannel
 from heliostat.subscriptions.channels.email import EmailChannel, EmailSettings
 from heliostat.subscriptions.channels.ftp import FtpPusher
+from heliostat.subscriptions.channels.sendlog import SendLog
 from heliostat.subscriptions.channels.webhook import WebhookChannel, WebhookSettings
 from heliostat.subscriptions.drivers import Drivers, DriverSettings
 from heliostat.subscriptions.service import CATALOG_CONSUMER, SubscriptionService
@@ -312,7 +313,7 @@ class Heliostat:
     def delivery_channels(self) -> list[Channel]:
         """A channel for every action kind the drivers deliver (watch actions are streamed)."""
         return [
-            EmailChannel(self.email),
+            EmailChannel(self.email, SendLog(self.subscriptions.store)),
             WebhookChannel(WebhookSettings()),
             DataPoolChannel(self.archive_root, self.pool_root),
             DistributionChannel(self.archive_root, self.distribution_root, FtpPusher()),

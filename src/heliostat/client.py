@@ -389,6 +389,14 @@ class HeliostatClient:
         )
         return list(r.replayed)
 
+    def purge_dead_letters(self, owner: str = "", before_us: int | None = None) -> int:
+        """Remove dead letters for good (operator only); returns how many."""
+        req = subscriptions_pb2.PurgeDeadLettersRequest(owner=owner)
+        if before_us is not None:
+            req.before.FromMicroseconds(before_us)
+        r = self.subs.PurgeDeadLetters(req, timeout=self.timeout, metadata=self._auth)
+        return int(r.purged)
+
     def delivery_stats(self) -> admin_pb2.DeliveryStats:
         return self.admin.GetDeliveryStats(
             admin_pb2.GetDeliveryStatsRequest(), timeout=self.timeout

@@ -129,9 +129,6 @@ def _qualifiers_out(q: model.Qualifiers) -> pb.Qualifiers:
     return out
 
 
-WRITE_ONLY_PARAMS = frozenset({"secret"})
-
-
 def _actions_in(msgs: Any) -> tuple[model.Action, ...]:
     out = []
     for i, a in enumerate(msgs):
@@ -143,9 +140,8 @@ def _actions_in(msgs: Any) -> tuple[model.Action, ...]:
 
 
 def _action_out(a: model.Action) -> pb.Action:
-    # A webhook's signing secret is write-only: whoever reads the subscription cannot forge.
-    params = {k: v for k, v in a.params if k not in WRITE_ONLY_PARAMS}
-    return pb.Action(kind=_KINDS[a.kind], params=params)
+    # Secrets are never shown (whoever reads a subscription cannot forge or log in): *** instead.
+    return pb.Action(kind=_KINDS[a.kind], params=dict(model.redact_params(a.params)))
 
 
 def _types_in(values: Any, field: str) -> frozenset[model.EventType]:
@@ -253,7 +249,7 @@ def _attempt_out(a: Attempt) -> pb.DeliveryAttempt:
 def _notification_out(a: model.MatchedAction) -> pb.Notification:
     return pb.Notification(
         id=a.id, event_id=a.event_id, subscription_id=a.subscription_id, owner=a.owner,
-        params=dict(a.action.params), event=_event_out(a.event),
+        params=dict(model.redact_params(a.action.params)), event=_event_out(a.event),
     )  # fmt: skip
 
 
@@ -451,6 +447,19 @@ class SubscriptionServicer(subscriptions_pb2_grpc.SubscriptionServiceServicer):
         ids = list(request.ids)
         done = await offload(context, self.executor, lambda: self.subs.replay(who, ids))
         return pb.ReplayDeadLettersResponse(replayed=done)
+
+    @handles_errors
+    @authenticated
+    async def PurgeDeadLetters(
+        self, request: pb.PurgeDeadLettersRequest, context: Ctx, who: Principal
+    ) -> pb.PurgeDeadLettersResponse:
+        before = timestamp_us(request.before, "before") if request.HasField("before") else None
+        n = await offload(
+            context,
+            self.executor,
+            lambda: self.subs.purge_dead_letters(who, request.owner, before),
+        )
+        return pb.PurgeDeadLettersResponse(purged=n)
 
     @handles_errors
     @authenticated

@@ -5,8 +5,9 @@
   each kind's share to its channel and record every result;
 - recovery driver: re-queues actions whose lease expired (a stalled or dead worker, in this
   process or another sharing the store);
-- deletion driver: removes finished actions older than the retention, their attempt logs first,
-  in bounded transactions; a failed pass is counted and retried on the next.
+- deletion driver: removes finished actions older than the retention, and dead letters older
+  than theirs (longer: an operator may still replay them), their attempt logs first, in bounded
+  transactions; a failed pass is counted and retried on the next.
 
 Only kinds with a channel are leased: actions of another kind wait, pending, until a server with
 that channel runs. LMDB calls block (a durable commit is an fsync), so they run on a small
@@ -31,7 +32,7 @@ from typing import TypeVar
 
 from heliostat.subscriptions.channels.base import Channel, Delivery, Result
 from heliostat.subscriptions.lifecycle import US, Leased, RetryPolicy
-from heliostat.subscriptions.model import ActionKind, Subscription
+from heliostat.subscriptions.model import ActionKind, Subscription, redact_text
 from heliostat.subscriptions.service import SubscriptionService, now_us
 
 T = TypeVar("T")
@@ -46,6 +47,7 @@ class DriverSettings:
     recovery_interval_s: float = 5.0
     deletion_interval_s: float = 60.0
     retention_s: float = 7 * 86400.0  # finished actions (and their events) kept this long
+    dead_letter_retention_s: float = 30 * 86400.0  # dead letters kept this long (0: for ever)
     deletion_batch: int = 500  # actions per deletion transaction
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
@@ -166,20 +168,32 @@ class Drivers:
         return n >= 1000
 
     def delete_finished(self) -> bool:
-        """One bounded deletion step: logs first, then the actions and emptied events."""
-        before = now_us() - int(self.settings.retention_s * US)
-        done = self.ledger.finished_before(before, self.settings.deletion_batch)
-        if not done:
+        """One bounded deletion step: logs first, then the actions and emptied events; finished
+        actions past the retention, then dead letters past theirs. Returns whether more wait."""
+        s, now = self.settings, now_us()
+        ledger = self.ledger
+        done = ledger.finished_before(now - int(s.retention_s * US), s.deletion_batch)
+        more = self._delete(done, ledger.delete_actions, "deleted_actions")
+        if s.dead_letter_retention_s > 0:
+            before = now - int(s.dead_letter_retention_s * US)
+            dead = ledger.dead_before(before, s.deletion_batch)
+            more |= self._delete(dead, ledger.delete_dead, "dead_letters_expired")
+        return more
+
+    def _delete(
+        self, entries: list[bytes], remove: Callable[[list[bytes]], tuple[int, int]], counter: str
+    ) -> bool:
+        if not entries:
             return False
         try:
-            self.stats.count("deleted_logs", self.ledger.delete_logs(done))
-            actions, events = self.ledger.delete_actions(done)
+            self.stats.count("deleted_logs", self.ledger.delete_logs(entries))
+            actions, events = remove(entries)
         except Exception:
             self.stats.count("deletion_failures")
             raise
-        self.stats.count("deleted_actions", actions)
+        self.stats.count(counter, actions)
         self.stats.count("deleted_events", events)
-        return len(done) >= self.settings.deletion_batch
+        return len(entries) >= self.settings.deletion_batch
 
     # -- the action driver ----------------------------------------------------------------------
 
@@ -279,7 +293,8 @@ class Drivers:
         for x, r in gone:
             sid = int.from_bytes(x.state.key[8:16], "big")
             index = int.from_bytes(x.state.key[16:18], "big")
-            self.service.store.disable_action(sid, index, f"receiver gone: {r.detail}")
+            reason = redact_text(f"receiver gone: {r.detail}")
+            self.service.store.disable_action(sid, index, reason)
 
 
 TAIL_BATCH = 1000

@@ -15,6 +15,8 @@ big-endian):
 - ``dl_leases``: lease expiry (8) + action key → "": the leased ones
 - ``dl_log``: action key + attempt number (2) → JSON (time, outcome, receiver's detail, seconds)
 - ``dl_dead``: action key → owner: the dead letters
+- ``dl_dead_at``: failure time (8) + action key → "": the dead letters by age, which the deletion
+  driver expires after their own (longer) retention and an operator may purge
 - ``dl_done``: finish time (8) + action key → "": what the deletion driver removes once old
 - ``dl_meta``: the event driver's cursor (the last action key tailed from the store)
 
@@ -33,12 +35,15 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from heliostat.subscriptions.channels.base import Result
-from heliostat.subscriptions.model import ACTION_KINDS, ActionKind, MatchedAction
+from heliostat.subscriptions.model import ACTION_KINDS, ActionKind, MatchedAction, redact_text
 from heliostat.subscriptions.store import SubscriptionStore
 
 State = Literal["pending", "leased", "delivered", "failed", "disabled"]
 FINISHED: frozenset[State] = frozenset({"delivered", "failed", "disabled"})
-_DBS = (b"dl_state", b"dl_due", b"dl_leases", b"dl_log", b"dl_dead", b"dl_done", b"dl_meta")
+_DBS = (
+    b"dl_state", b"dl_due", b"dl_leases", b"dl_log", b"dl_dead", b"dl_done", b"dl_meta",
+    b"dl_dead_at",
+)  # fmt: skip
 _CURSOR = b"cursor"
 _KEY = struct.Struct(">QQH")
 _T = struct.Struct(">Q")
@@ -149,10 +154,27 @@ class Ledger:
     def __init__(self, store: SubscriptionStore, *, seed: int | None = None) -> None:
         self.store = store
         self._db = store.lmdb
-        (self._state, self._due, self._leases, self._log, self._dead, self._done, self._meta) = (
-            store.open_dbs(_DBS)
-        )
+        (
+            self._state, self._due, self._leases, self._log, self._dead, self._done, self._meta,
+            self._dead_at,
+        ) = store.open_dbs(_DBS)  # fmt: skip
         self._rng = random.Random(seed)
+        counts = self._db.read(
+            lambda txn: [txn.stat(db)["entries"] for db in (self._dead, self._dead_at)]
+        )
+        if counts[0] != counts[1]:
+            self._db.write(self._index_dead_letters)
+
+    def _index_dead_letters(self, txn: Txn) -> None:
+        """Give dead letters recorded before dl_dead_at existed their entry (by the time their
+        state last changed: when they failed)."""
+        cur = txn.cursor(self._dead)
+        for k in list(cur.iternext(values=False)):
+            raw = txn.get(k, db=self._state)
+            if raw is not None:
+                txn.put(
+                    _T.pack(ActionState.from_json(k, raw).updated_us) + k, b"", db=self._dead_at
+                )
 
     def _index(self, txn: Txn, st: ActionState, put: bool) -> None:
         """Add (or remove) an unfinished action's queue entry."""
@@ -347,7 +369,9 @@ class Ledger:
         policy: RetryPolicy, worker: str,
     ) -> Recorded:  # fmt: skip
         k = leased.state.key
-        log = {"t": now_us, "o": r.outcome, "d": r.detail[:2000], "s": seconds, "w": worker}
+        # A receiver's answer may quote a URL with its password: never kept, so never shown.
+        detail = redact_text(r.detail[:2000])
+        log = {"t": now_us, "o": r.outcome, "d": detail, "s": seconds, "w": worker}
         raw = txn.get(k, db=self._state)
         if raw is None:
             return Recorded(None)  # deleted meanwhile
@@ -363,7 +387,6 @@ class Ledger:
         state: State
         dead = False
         due = now_us
-        detail = r.detail[:2000]
         if r.outcome == "delivered":
             state = "delivered"
         elif r.outcome == "gone":
@@ -384,6 +407,7 @@ class Ledger:
             self._index(txn, new, True)
         elif dead:
             txn.put(k, st.owner.encode(), db=self._dead)
+            txn.put(_T.pack(now_us) + k, b"", db=self._dead_at)  # == new.updated_us
         else:
             txn.put(_T.pack(now_us) + k, b"", db=self._done)
         return Recorded(state, dead=dead, gone=state == "disabled")
@@ -460,6 +484,7 @@ class Ledger:
                 if raw is None:
                     continue
                 st = ActionState.from_json(k, raw)
+                txn.delete(_T.pack(st.updated_us) + k, db=self._dead_at)
                 new = ActionState(k, st.kind, st.owner, "pending", st.attempts, now_us, "",
                                   now_us, now_us, st.detail)  # fmt: skip
                 txn.put(k, new.to_json(), db=self._state)
@@ -517,3 +542,55 @@ class Ledger:
             return len(keys), events
 
         return self._db.write(write)
+
+    # -- dead letters past their retention, or purged by the operator ---------------------------
+
+    def dead_before(
+        self, before_us: int, limit: int, owner: str | None = None, after: bytes = b""
+    ) -> list[bytes]:
+        """dl_dead_at entries (failure time + action key) older than before_us and above after,
+        of one owner or all, oldest first."""
+
+        def read(txn: Txn) -> list[bytes]:
+            out: list[bytes] = []
+            cur = txn.cursor(self._dead_at)
+            found = cur.set_range(after + b"\0") if after else cur.first()
+            while found and len(out) < limit:
+                k = cur.key()
+                if _T.unpack(k[:8])[0] >= before_us:
+                    break
+                if owner is None or txn.get(k[8:], db=self._dead) == owner.encode():
+                    out.append(k)
+                found = cur.next()
+            return out
+
+        return self._db.read(read)
+
+    def delete_dead(self, dead: Sequence[bytes]) -> tuple[int, int]:
+        """Step 2 of removing dead letters (after delete_logs): their states, actions and events
+        left without actions; returns (dead letters, events) removed. One replayed meanwhile is
+        skipped (it lost its earlier attempt log to step 1, nothing else)."""
+
+        def write(txn: Txn) -> tuple[int, int]:
+            keys = []
+            for d in dead:
+                if txn.delete(d, db=self._dead_at):
+                    txn.delete(d[8:], db=self._dead)
+                    txn.delete(d[8:], db=self._state)
+                    keys.append(d[8:])
+            events = self.store.remove_actions_txn(txn, keys)
+            return len(keys), events
+
+        return self._db.write(write)
+
+    def purge_dead(self, owner: str | None, before_us: int, batch: int) -> tuple[int, int, int]:
+        """Remove every dead letter (of one owner, or all) that failed before before_us, a batch
+        per pair of transactions, each durable when it returns; returns (dead letters, attempt
+        logs, events) removed."""
+        letters = logs = events = 0
+        after = b""
+        while dead := self.dead_before(before_us, batch, owner, after):
+            logs += self.delete_logs(dead)
+            n, e = self.delete_dead(dead)
+            letters, events, after = letters + n, events + e, dead[-1]
+        return letters, logs, events

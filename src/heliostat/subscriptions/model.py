@@ -238,6 +238,11 @@ def validate_action(a: Action, i: int) -> Action:
         validate_name(name, f"{where}.params")
         if len(value) > MAX_PARAM:
             raise InvalidArgument(f"at most {MAX_PARAM} characters", field=f"{where}.{name}")
+    for name, value in params.items():
+        if (name == SECRET_PARAM and value == REDACTED) or _redacted_in(value):
+            raise InvalidArgument(
+                f"{REDACTED} stands for a stored secret (on update only)", field=f"{where}.{name}"
+            )
     if a.kind == "email":
         if not _EMAIL.match(params["address"]):
             raise InvalidArgument("not an email address", field=f"{where}.address")
@@ -405,3 +410,94 @@ def event_from_dict(d: dict[str, Any]) -> GranuleEvent:
         d["c"], d["type"], d["g"], d["s"], d["e"], box_from_list(d["box"]),
         tuple(d["num"].items()), tuple(d["str"].items()),
     )  # fmt: skip
+
+
+# -- secrets: stored, never shown -----------------------------------------------------------------
+
+REDACTED = "***"
+SECRET_PARAM = "secret"
+# The password in a URL's userinfo ("ftp://user:password@host/..."), anywhere in a text.
+_URL_PASSWORD = re.compile(r"(?P<pre>\b[A-Za-z][A-Za-z0-9+.\-]*://[^/?#@:\s]*):(?P<pw>[^/?#@\s]*)@")
+
+
+def redact_text(text: str) -> str:
+    """text with every URL password replaced by ***."""
+    return _URL_PASSWORD.sub(lambda m: f"{m['pre']}:{REDACTED}@", text)
+
+
+def redact_params(params: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+    """Action params as shown to anyone: a ``secret`` param and URL passwords read ***."""
+    return tuple((k, REDACTED if k == SECRET_PARAM else redact_text(v)) for k, v in params)
+
+
+def redact_action(a: Action) -> Action:
+    return Action(a.kind, redact_params(a.params))
+
+
+def _redacted_in(value: str) -> bool:
+    return any(m["pw"] == REDACTED for m in _URL_PASSWORD.finditer(value))
+
+
+def _same_login(url: str, stored: str) -> bool:
+    a, b = urlsplit(url), urlsplit(stored)
+    try:
+        return (a.scheme, a.username, a.hostname, a.port) == (
+            b.scheme,
+            b.username,
+            b.hostname,
+            b.port,
+        )
+    except ValueError:  # a bad port
+        return False
+
+
+def restore_secrets(old: tuple[Action, ...], new: tuple[Action, ...]) -> tuple[Action, ...]:
+    """new actions (an update) with each *** put back to the secret it stands for, so that a
+    client can write back what it read. A ``secret`` of *** keeps the stored secret of the
+    webhook with the same url, else of the action at the same position if of the same kind; a
+    URL password of *** keeps the stored password of the same param of an action of the same
+    kind (the same position first) whose URL has the same scheme, user, host and port, so that
+    a password never goes to another server. Raises InvalidArgument naming the field when there
+    is none."""
+    out = []
+    for i, a in enumerate(new):
+        params = dict(a.params)
+        here = [old[i]] if i < len(old) and old[i].kind == a.kind else []
+        same = here + [o for o in old if o.kind == a.kind]
+        for k, v in params.items():
+            if k == SECRET_PARAM and v == REDACTED:
+                # Compared as shown: the url may hold a redacted password of its own.
+                url = redact_text(params.get("url", ""))
+                by_url = [
+                    o for o in same if url and redact_text(dict(o.params).get("url", "")) == url
+                ]
+                found = [dict(o.params).get(k) for o in (*by_url, *here)]
+                secret = next((s for s in found if s), None)
+                if secret is None:
+                    raise InvalidArgument(
+                        f"{REDACTED} keeps a stored secret, but this action has none",
+                        field=f"actions[{i}].{k}",
+                    )
+                params[k] = secret
+            elif _redacted_in(v):
+                params[k] = _restore_password(v, [dict(o.params).get(k, "") for o in same], i, k)
+        out.append(Action(a.kind, tuple(sorted(params.items()))))
+    return tuple(out)
+
+
+def _restore_password(value: str, stored: list[str], i: int, name: str) -> str:
+    for s in stored:
+        m = _URL_PASSWORD.search(s)
+        if m is not None and m["pw"] != REDACTED and _same_login(value, s):
+            return _with_password(value, m["pw"])
+    raise InvalidArgument(
+        f"{REDACTED} keeps a stored password, but no stored action has one for this user and host",
+        field=f"actions[{i}].{name}",
+    )
+
+
+def _with_password(value: str, pw: str) -> str:
+    def put(m: re.Match[str]) -> str:
+        return f"{m['pre']}:{pw}@" if m["pw"] == REDACTED else m[0]
+
+    return _URL_PASSWORD.sub(put, value)

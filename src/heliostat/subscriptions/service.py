@@ -42,6 +42,7 @@ from heliostat.subscriptions.model import (
     Qualifiers,
     StoredEvent,
     Subscription,
+    restore_secrets,
     source_collection,
     validate_collection,
     validate_event,
@@ -303,7 +304,8 @@ class SubscriptionService:
             active=patch.active if "active" in f else old.active,
             expires_us=patch.expires_us if "expire_time" in f else old.expires_us,
             qualifiers=patch.qualifiers if "qualifiers" in f else old.qualifiers,
-            actions=patch.actions if "actions" in f else old.actions,
+            # Secrets come back redacted from reads: *** keeps the stored one.
+            actions=restore_secrets(old.actions, patch.actions) if "actions" in f else old.actions,
             event_types=patch.event_types if "event_types" in f else old.event_types,
             theme=patch.theme if "theme" in f else old.theme,
             updated_us=now_us(),
@@ -446,6 +448,17 @@ class SubscriptionService:
         done = set(self.ledger.replay(keys, None if who.operator else who.owner, now_us()))
         self.stats.count("replayed", len(done))
         return [a for a, k in zip(action_ids, keys, strict=True) if k in done]
+
+    def purge_dead_letters(self, who: Principal, owner: str, before_us: int | None) -> int:
+        """Remove dead letters for good (an owner's or all; those failed before before_us, or
+        all), with their attempt logs and emptied events; operator only."""
+        who.require_operator("purge dead letters")
+        before = 2**63 - 1 if before_us is None else max(before_us, 0)
+        n, logs, events = self.ledger.purge_dead(owner or None, before, 500)
+        self.stats.count("dead_letters_purged", n)
+        self.stats.count("deleted_logs", logs)
+        self.stats.count("deleted_events", events)
+        return n
 
     def delivery_stats(self) -> PipelineCounts:
         depths = self.ledger.depths(now_us())

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 COUNTERS = (
     "events", "actions_queued", "leased", "delivered", "retries", "failures", "dead_letters",
     "disabled", "replayed", "requeued", "released", "deleted_actions", "deleted_events",
-    "deleted_logs", "deletion_failures", "driver_errors",
+    "deleted_logs", "deletion_failures", "driver_errors", "dead_letters_expired",
+    "dead_letters_purged",
 )  # fmt: skip
 
 

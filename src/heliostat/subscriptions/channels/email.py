@@ -4,8 +4,10 @@ All actions of a batch for one address go out as one mail listing them. An addre
 one mail per ``digest_window_s`` and at most ``rate_limit`` mails per ``rate_window_s``; actions
 over either limit come back as ``retry`` with ``retry_after_s`` set to when the address may get
 mail again, so they fold into that later digest instead of flooding the mailbox (a reprocessing
-campaign matches thousands of granules). The send log is kept in memory: after a restart an
-address may get one mail early.
+campaign matches thousands of granules). The send log (channels.sendlog) is durable in the
+subscription store, in wall-clock time, so the limits hold across restarts and across the
+processes serving one store (two processes mailing one address in the same instant may each send:
+the check and the log are separate transactions).
 
 Each mail names its action ids in a ``Heliostat-Action-Ids`` header and in the body, so a receiver
 can drop one it has seen (delivery is at least once: a crash between the server's 250 and the
@@ -26,8 +28,8 @@ from __future__ import annotations
 import asyncio
 import quopri
 import ssl
+import sys
 import time
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from email.header import Header
@@ -35,9 +37,11 @@ from email.utils import formatdate, make_msgid
 from typing import Literal, get_args
 
 import aiosmtplib
+import lmdb
 
 from heliostat.archive.times import iso
 from heliostat.subscriptions.channels.base import Delivery, Result
+from heliostat.subscriptions.channels.sendlog import SendLog
 from heliostat.subscriptions.model import ActionKind, MatchedAction, Subscription
 
 Security = Literal["none", "starttls", "tls"]
@@ -63,14 +67,17 @@ class EmailSettings:
 class EmailChannel:
     kind: ActionKind = "email"
 
-    def __init__(self, settings: EmailSettings, tls_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self, settings: EmailSettings, log: SendLog, tls_context: ssl.SSLContext | None = None
+    ) -> None:
         self.settings = settings
+        self.log = log
         self._tls_context = tls_context
         self._smtp: aiosmtplib.SMTP | None = None
         self._last_used = 0.0
-        # address → monotonic times of its last rate_limit mails
-        self._sent: dict[str, deque[float]] = {}
         self._swept = 0.0
+        self._unlogged: list[tuple[str, int]] = []  # (address, time µs) accepted, not logged yet
+        self._logger: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()  # one SMTP conversation and one send log at a time
 
     async def deliver(self, batch: Sequence[Delivery]) -> list[Result]:
@@ -83,24 +90,31 @@ class EmailChannel:
             else:
                 results[i] = Result("failed", "the action has no address")
         async with self._lock:
-            self._forget_old()
-            down: Result | None = None  # once the server is out of reach, the rest wait too
-            for address, idx in by_address.items():
-                wait = self._wait_s(address)
-                if down is not None:
-                    r = down
-                elif wait > 0:
-                    r = Result(
-                        "retry", f"rate limited: next mail to {address} in {wait:.0f} s", wait
-                    )
-                else:
-                    try:
-                        r = await self._send(address, [batch[i] for i in idx])
-                    except _Unreachable as e:
-                        r = down = e.result
-                for i in idx:
-                    results[i] = r
+            try:
+                await self._deliver(batch, by_address, results)
+            finally:
+                await self._logged()  # even when stopped midway: those mails are out
         return [r for r in results if r is not None]
+
+    async def _deliver(
+        self, batch: Sequence[Delivery], by_address: dict[str, list[int]],
+        results: list[Result | None],
+    ) -> None:  # fmt: skip
+        sent = await self._sent(list(by_address))
+        down: Result | None = None  # once the server is out of reach, the rest wait too
+        for address, idx in by_address.items():
+            wait = self._wait_s(sent.get(address, []))
+            if down is not None:
+                r = down
+            elif wait > 0:
+                r = Result("retry", f"rate limited: next mail to {address} in {wait:.0f} s", wait)
+            else:
+                try:
+                    r = await self._send(address, [batch[i] for i in idx])
+                except _Unreachable as e:
+                    r = down = e.result
+            for i in idx:
+                results[i] = r
 
     async def close(self) -> None:
         async with self._lock:
@@ -108,26 +122,66 @@ class EmailChannel:
 
     # -- rate limit ------------------------------------------------------------------------------
 
-    def _wait_s(self, address: str) -> float:
-        """Seconds until address may get its next mail (0: now)."""
+    def _limited(self) -> bool:
+        return self.settings.rate_limit > 0 or self.settings.digest_window_s > 0
+
+    def _window_us(self) -> int:
         s = self.settings
-        sent = self._sent.get(address)
+        return int(max(s.rate_window_s if s.rate_limit else 0.0, s.digest_window_s) * 1e6)
+
+    async def _sent(self, addresses: list[str]) -> dict[str, list[int]]:
+        """The addresses' last mail times (and, at most once a minute, forget those whose last
+        mail no longer limits them)."""
+        if not self._limited():
+            return {}
+        now = time.time()
+        if now - self._swept >= 60:
+            self._swept = now
+            await asyncio.to_thread(self.log.prune, int(now * 1e6) - self._window_us())
+        return await asyncio.to_thread(self.log.times, addresses)
+
+    # Each accepted mail is logged as soon as the server has answered 250, not with the result:
+    # the driver records the results in one ledger transaction once the whole batch is sent, so
+    # a crash in between would lose every send of the batch, and a restart could then mail those
+    # addresses again at once. Here a crash loses at most the mails accepted while one log
+    # commit was in flight (they are sent again on retry: at least once, as ever), and no mail
+    # is counted that the server did not accept. The commits run beside the next mails' SMTP
+    # conversations, several mails to one commit, and deliver() returns only once all are done.
+
+    def _log_sent(self, address: str) -> None:
+        self._unlogged.append((address, int(time.time() * 1e6)))
+        if self._logger is None or self._logger.done():
+            self._logger = asyncio.create_task(self._flush())
+
+    async def _flush(self) -> None:
+        while self._unlogged:
+            sent, self._unlogged = self._unlogged, []
+            now_us = max(t for _, t in sent)
+            keep = max(self.settings.rate_limit, 1)
+            await asyncio.to_thread(self.log.add, sent, keep, now_us - self._window_us())
+
+    async def _logged(self) -> None:
+        """Wait for the mails sent so far to be logged."""
+        logger, self._logger = self._logger, None
+        if logger is None:
+            return
+        try:
+            await logger
+        except lmdb.Error as e:  # the mails are out: retrying them would repeat them
+            self._unlogged.clear()
+            print(f"heliostat: e-mail send log: {e!r}", file=sys.stderr, flush=True)
+
+    def _wait_s(self, sent: list[int]) -> float:
+        """Seconds until an address with these last mail times may get its next (0: now)."""
+        s = self.settings
         if not sent:
             return 0.0
-        now = time.monotonic()
-        wait = sent[-1] + s.digest_window_s - now
+        now = time.time() * 1e6
+        wait = sent[-1] + s.digest_window_s * 1e6 - now
         if s.rate_limit and len(sent) >= s.rate_limit:
-            wait = max(wait, sent[-s.rate_limit] + s.rate_window_s - now)
-        return max(wait, 0.0)
-
-    def _forget_old(self) -> None:
-        """Drop addresses whose last mail no longer limits them (at most once a minute)."""
-        now = time.monotonic()
-        if now - self._swept < 60:
-            return
-        self._swept = now
-        horizon = now - max(self.settings.rate_window_s, self.settings.digest_window_s)
-        self._sent = {a: sent for a, sent in self._sent.items() if sent[-1] >= horizon}
+            wait = max(wait, sent[-s.rate_limit] + s.rate_window_s * 1e6 - now)
+        # A clock set back waits one window at most.
+        return min(max(wait / 1e6, 0.0), self._window_us() / 1e6)
 
     # -- SMTP ------------------------------------------------------------------------------------
 
@@ -157,8 +211,8 @@ class EmailChannel:
                 await self._disconnect()  # a timeout: the server may be stuck
                 raise _Unreachable(_reason(e)) from e
             self._last_used = time.monotonic()
-            sent = self._sent.setdefault(address, deque(maxlen=max(self.settings.rate_limit, 1)))
-            sent.append(self._last_used)
+            if self._limited():
+                self._log_sent(address)
             return Result("delivered", f"250 {reply}")
         raise AssertionError("unreachable")
 
