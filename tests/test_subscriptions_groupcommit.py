@@ -54,7 +54,7 @@ def test_one_batch_sees_its_own_writes_in_order(svc: SubscriptionService, tmp_pa
     with svc._lock:  # the writer blocks in its first batch while the rest queue up
         first = svc.submit_create(BOB, sub())
         taken(svc)
-        futs: list[Future[Subscription | None]] = [
+        futs: list[Future[Subscription]] = [
             svc.submit_update(ALICE, a.id, Patch(frozenset({"theme"}), theme="a2")),
             svc.submit_update(ALICE, a.id, Patch(frozenset({"active"}), active=False)),
             svc.submit_delete(ALICE, b.id),
@@ -68,11 +68,11 @@ def test_one_batch_sees_its_own_writes_in_order(svc: SubscriptionService, tmp_pa
     assert first.result() is not None
     upd1, upd2, del_b, late, bob_del, bad, made, missing = futs
     mid = upd1.result()
-    assert mid is not None and mid.theme == "a2" and mid.active
+    assert mid.theme == "a2" and mid.active
     final_a = upd2.result()
-    assert final_a is not None and final_a.theme == "a2" and not final_a.active
+    assert final_a.theme == "a2" and not final_a.active
     assert svc.get(ALICE, a.id) == final_a
-    assert del_b.result() is None
+    assert del_b.result() == b  # a delete answers with the subscription as it was
     with pytest.raises(NotFound):
         late.result()
     with pytest.raises(NotFound):
@@ -84,7 +84,7 @@ def test_one_batch_sees_its_own_writes_in_order(svc: SubscriptionService, tmp_pa
     assert e.value.field == "expire_time"
     assert svc.get(ALICE, c.id) == c  # neither failed request changed it
     created = made.result()
-    assert created is not None and svc.get(ALICE, created.id).theme == "new"
+    assert svc.get(ALICE, created.id).theme == "new"
     with pytest.raises(NotFound):
         missing.result()
     # One write each for bob's, a (both updates, in order), b and the new one.
@@ -98,7 +98,7 @@ def test_one_batch_sees_its_own_writes_in_order(svc: SubscriptionService, tmp_pa
 
 def test_gets_answer_after_commit_and_index(svc: SubscriptionService) -> None:
     futs = [svc.submit_create(ALICE, sub()) for _ in range(200)]
-    ids = [f.result().id for f in futs]  # type: ignore[union-attr]
+    ids = [f.result().id for f in futs]
     assert len(set(ids)) == 200
     assert len(svc.engine) == 200
     for f in [svc.submit_delete(ALICE, i) for i in ids[:100]]:

@@ -3,18 +3,22 @@ heliostat.subscriptions.service.SubscriptionService (which holds every rule)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import collections
+import concurrent.futures
+import contextlib
 import functools
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from concurrent.futures import Executor
 from typing import Any, TypeVar
 
 import grpc
 
-from heliostat.errors import InvalidArgument
-from heliostat.server.calls import handles_errors, offload, offload_wait
+from heliostat.errors import HeliostatError, InvalidArgument
+from heliostat.server.calls import CODES, handles_errors, offload, wait_future
 from heliostat.server.convert import timestamp_us, to_timestamp
 from heliostat.subscriptions import model
 from heliostat.subscriptions.auth import PermissionDenied, Principal
@@ -72,9 +76,9 @@ def authenticated(
     async def wrapper(self: _S, request: Req, context: Ctx) -> Resp:
         header = dict(context.invocation_metadata() or ()).get("authorization", "")
         scheme, _, token = str(header).partition(" ")
-        who = None
-        if scheme.lower() == "bearer" and token:
-            who = await offload(context, self.executor, lambda: self.subs.authenticate(token))
+        # On the loop: one small LMDB read and a hash, cheaper than a hop to the executor (which
+        # halved the rate of CRUD calls). Not cached: a token revoked by the CLI fails at once.
+        who = self.subs.authenticate(token) if scheme.lower() == "bearer" and token else None
         if who is None:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "a valid bearer token is needed")
         try:
@@ -174,6 +178,21 @@ def _subscription_in(msg: pb.Subscription) -> model.Subscription:
     )
 
 
+def _patch_in(request: pb.UpdateSubscriptionRequest) -> Patch:
+    fields = frozenset(request.update_mask.paths)
+    m = request.subscription
+    return Patch(
+        fields=fields,
+        owner=m.owner,
+        active=m.active,
+        expires_us=timestamp_us(m.expire_time, "expire_time") if m.HasField("expire_time") else 0,
+        qualifiers=_qualifiers_in(m.qualifiers) if "qualifiers" in fields else model.Qualifiers(),
+        actions=_actions_in(m.actions) if "actions" in fields else (),
+        event_types=_types_in(m.event_types, "event_types"),
+        theme=m.theme,
+    )
+
+
 def _subscription_out(s: model.Subscription) -> pb.Subscription:
     out = pb.Subscription(
         id=s.id,
@@ -270,6 +289,43 @@ def _page_after(token: str) -> int:
         raise InvalidArgument("not a token this server issued", field="page_token") from None
 
 
+_Queued = concurrent.futures.Future[model.Subscription] | pb.SubscriptionWriteResult
+WRITE_WINDOW = 4096  # unanswered writes per WriteSubscriptions stream before it stops reading
+MAX_WRITES_PER_MESSAGE = 1000
+
+
+def _error_result(e: BaseException) -> pb.SubscriptionWriteResult:
+    if isinstance(e, PermissionDenied):
+        code = grpc.StatusCode.PERMISSION_DENIED
+    elif isinstance(e, HeliostatError):
+        code = CODES.get(type(e), grpc.StatusCode.INTERNAL)
+    else:  # the transaction failed (e.g. the store is full): every write in it did
+        code = grpc.StatusCode.INTERNAL
+    field = e.field or "" if isinstance(e, HeliostatError) else ""
+    return pb.SubscriptionWriteResult(code=code.value[0], message=str(e), field=field)
+
+
+def _write_result(x: _Queued) -> pb.SubscriptionWriteResult:
+    if isinstance(x, pb.SubscriptionWriteResult):
+        return x
+    e = x.exception()
+    if e is not None:
+        return _error_result(e)
+    return pb.SubscriptionWriteResult(id=x.result().id)
+
+
+def _last_future(items: list[_Queued]) -> concurrent.futures.Future[model.Subscription] | None:
+    for x in reversed(items):
+        if not isinstance(x, pb.SubscriptionWriteResult):
+            return x
+    return None
+
+
+def _answered(items: list[_Queued]) -> bool:
+    last = _last_future(items)
+    return last is None or last.done()
+
+
 class SubscriptionServicer(subscriptions_pb2_grpc.SubscriptionServiceServicer):
     def __init__(self, subs: SubscriptionService, executor: Executor) -> None:
         self.subs = subs
@@ -300,9 +356,9 @@ class SubscriptionServicer(subscriptions_pb2_grpc.SubscriptionServiceServicer):
     async def CreateSubscription(
         self, request: pb.CreateSubscriptionRequest, context: Ctx, who: Principal
     ) -> pb.Subscription:
+        # Checking and queueing are CPU-light, on the loop; the group commit answers the Future.
         s = _subscription_in(request.subscription)
-        done = await offload_wait(context, self.executor, lambda: self.subs.submit_create(who, s))
-        assert done is not None
+        done = await wait_future(context, self.subs.submit_create(who, s))
         return _subscription_out(done)
 
     @handles_errors
@@ -341,26 +397,8 @@ class SubscriptionServicer(subscriptions_pb2_grpc.SubscriptionServiceServicer):
     async def UpdateSubscription(
         self, request: pb.UpdateSubscriptionRequest, context: Ctx, who: Principal
     ) -> pb.Subscription:
-        fields = frozenset(request.update_mask.paths)
-        m = request.subscription
-        patch = Patch(
-            fields=fields,
-            owner=m.owner,
-            active=m.active,
-            expires_us=timestamp_us(m.expire_time, "expire_time")
-            if m.HasField("expire_time")
-            else 0,
-            qualifiers=_qualifiers_in(m.qualifiers)
-            if "qualifiers" in fields
-            else model.Qualifiers(),
-            actions=_actions_in(m.actions) if "actions" in fields else (),
-            event_types=_types_in(m.event_types, "event_types"),
-            theme=m.theme,
-        )
-        s = await offload_wait(
-            context, self.executor, lambda: self.subs.submit_update(who, m.id, patch)
-        )
-        assert s is not None
+        patch = _patch_in(request)
+        s = await wait_future(context, self.subs.submit_update(who, request.subscription.id, patch))
         return _subscription_out(s)
 
     @handles_errors
@@ -368,8 +406,87 @@ class SubscriptionServicer(subscriptions_pb2_grpc.SubscriptionServiceServicer):
     async def DeleteSubscription(
         self, request: pb.DeleteSubscriptionRequest, context: Ctx, who: Principal
     ) -> pb.DeleteSubscriptionResponse:
-        await offload_wait(context, self.executor, lambda: self.subs.submit_delete(who, request.id))
+        await wait_future(context, self.subs.submit_delete(who, request.id))
         return pb.DeleteSubscriptionResponse()
+
+    @handles_errors
+    @authenticated
+    async def WriteSubscriptions(
+        self,
+        requests: AsyncIterator[pb.WriteSubscriptionsRequest],
+        context: Ctx,
+        who: Principal,
+    ) -> None:
+        # A reader checks and queues each message's writes (in the executor: up to 1000 at a
+        # time would hold the loop) while this coroutine answers them in order. The group commit
+        # answers writes in the order they were queued, so a message's last write answered means
+        # the whole message was: one Future awaited per message, not per write.
+        queued: collections.deque[list[_Queued] | None] = collections.deque()
+        arrived = asyncio.Event()
+        room = asyncio.Event()
+        unanswered = 0
+
+        async def read() -> None:
+            nonlocal unanswered
+            try:
+                async for msg in requests:
+                    if len(msg.writes) > MAX_WRITES_PER_MESSAGE:
+                        raise InvalidArgument(
+                            f"at most {MAX_WRITES_PER_MESSAGE} per message", field="writes"
+                        )
+                    while unanswered >= WRITE_WINDOW:  # backpressure: stop reading
+                        room.clear()
+                        await room.wait()
+                    submit = functools.partial(self._submit_all, who, msg.writes)
+                    items = await offload(context, self.executor, submit)
+                    unanswered += len(items)
+                    queued.append(items)
+                    arrived.set()
+            finally:
+                queued.append(None)
+                arrived.set()
+
+        reader = asyncio.create_task(read())
+        try:
+            while True:
+                while not queued:
+                    arrived.clear()
+                    await arrived.wait()
+                head = queued[0]
+                if head is None:
+                    break
+                last = _last_future(head)
+                if last is not None:
+                    with contextlib.suppress(Exception):  # its error is its result
+                        await asyncio.wrap_future(last)
+                # With it, whatever else is answered already: one response for all of them.
+                results: list[pb.SubscriptionWriteResult] = []
+                while queued and (items := queued[0]) is not None and _answered(items):
+                    queued.popleft()
+                    results += [_write_result(x) for x in items]
+                unanswered -= len(results)
+                room.set()
+                await context.write(pb.WriteSubscriptionsResponse(results=results))
+            await reader  # its error (a message too big, the stream broken) ends the call
+        finally:
+            reader.cancel()
+
+    def _submit_all(self, who: Principal, writes: Iterable[pb.SubscriptionWrite]) -> list[_Queued]:
+        return [self._submit(who, w) for w in writes]
+
+    def _submit(self, who: Principal, w: pb.SubscriptionWrite) -> _Queued:
+        """Check one write and queue it for the group commit, or its error as its result."""
+        try:
+            kind = w.WhichOneof("write")
+            if kind == "create":
+                return self.subs.submit_create(who, _subscription_in(w.create.subscription))
+            if kind == "update":
+                return self.subs.submit_update(who, w.update.subscription.id, _patch_in(w.update))
+            if kind == "delete":
+                return self.subs.submit_delete(who, w.delete.id)
+            raise InvalidArgument("name create, update or delete", field="write")
+        except HeliostatError as e:
+            return _error_result(e)
 
     async def _theme(
         self, request: pb.ThemeRequest, context: Ctx, who: Principal, op: ThemeOp

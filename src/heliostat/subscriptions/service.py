@@ -11,7 +11,8 @@ the same store (``serve --processes N``), in the store's order.
 Creates, updates and deletes go through a group commit (heliostat.subscriptions.groupcommit):
 those arriving together are checked one by one against the state the earlier ones in the batch
 leave, written in one synced transaction, and answered after it. ``submit_*`` return a Future
-(for the gRPC layer, which awaits it without holding a thread); ``create`` etc. wait for it.
+of the subscription written (a delete's: as it was), answered in submission order, for the gRPC
+layer, which awaits it without holding a thread; ``create`` etc. wait for it.
 """
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ class SubscriptionService:
         self._lock = threading.Lock()  # orders store writes with index updates
         self.stats = PipelineStats()
         self._on_record: list[Callable[[], None]] = []
-        self._writes: GroupCommit[_Write, Subscription | None] = GroupCommit(
+        self._writes: GroupCommit[_Write, Subscription] = GroupCommit(
             self._apply, name="subscription-writes"
         )
 
@@ -176,11 +177,9 @@ class SubscriptionService:
     # -- subscriptions --------------------------------------------------------------------------
 
     def create(self, who: Principal, s: Subscription) -> Subscription:
-        stored = self.submit_create(who, s).result()
-        assert stored is not None
-        return stored
+        return self.submit_create(who, s).result()
 
-    def submit_create(self, who: Principal, s: Subscription) -> Future[Subscription | None]:
+    def submit_create(self, who: Principal, s: Subscription) -> Future[Subscription]:
         owner = s.owner or who.owner
         if owner != who.owner and not who.operator:
             raise InvalidArgument("only the operator subscribes for others", field="owner")
@@ -209,13 +208,9 @@ class SubscriptionService:
         )
 
     def update(self, who: Principal, sub_id: int, patch: Patch) -> Subscription:
-        new = self.submit_update(who, sub_id, patch).result()
-        assert new is not None
-        return new
+        return self.submit_update(who, sub_id, patch).result()
 
-    def submit_update(
-        self, who: Principal, sub_id: int, patch: Patch
-    ) -> Future[Subscription | None]:
+    def submit_update(self, who: Principal, sub_id: int, patch: Patch) -> Future[Subscription]:
         if not patch.fields:
             raise InvalidArgument("name at least one field to change", field="update_mask")
         if "collection" in patch.fields:
@@ -232,12 +227,12 @@ class SubscriptionService:
     def delete(self, who: Principal, sub_id: int) -> None:
         self.submit_delete(who, sub_id).result()
 
-    def submit_delete(self, who: Principal, sub_id: int) -> Future[Subscription | None]:
+    def submit_delete(self, who: Principal, sub_id: int) -> Future[Subscription]:
         return self._writes.submit(_Delete(who, sub_id))
 
-    def _apply(self, batch: Sequence[_Write]) -> list[Subscription | BaseException | None]:
+    def _apply(self, batch: Sequence[_Write]) -> list[Subscription | BaseException]:
         """Check and write a batch of queued writes in one transaction (the group commit)."""
-        out: list[Subscription | BaseException | None] = [None] * len(batch)
+        out: dict[int, Subscription | BaseException] = {}  # by position in batch
         creates: list[int] = []  # positions in batch
         before: dict[int, Subscription] = {}  # as stored, for those changed by the batch
         after: dict[int, Subscription | None] = {}  # as the batch leaves them (None: deleted)
@@ -250,6 +245,7 @@ class SubscriptionService:
                     old = self._current(w.who, w.sub_id, before, after)
                     if isinstance(w, _Delete):
                         after[old.id] = None
+                        out[i] = old  # as it was when deleted
                         continue
                     new = self._patched(old, w.patch)
                 except Exception as e:  # this request's error, not its neighbours'
@@ -264,7 +260,7 @@ class SubscriptionService:
                 out[i] = stored
             if generation != self._generation:
                 self._catch_up()  # another process wrote too: read back in the store's order
-                return out
+                return [out[i] for i in range(len(batch))]
             # Only ours since the index's generation: no need to read them back.
             for s in made:
                 self.engine.upsert(s)
@@ -273,7 +269,7 @@ class SubscriptionService:
             for old in deletes:
                 self.engine.remove(old.id)
             self._generation = generation + len(made) + len(pairs) + len(deletes)
-        return out
+        return [out[i] for i in range(len(batch))]
 
     def _current(
         self,
