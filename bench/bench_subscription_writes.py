@@ -86,16 +86,19 @@ def to_pb(s: Subscription) -> pb.Subscription:
     return out
 
 
-def populate(path: Path, n: int, rng: random.Random) -> SubscriptionService:
+def populate(path: Path, n: int, rng: random.Random) -> None:
+    """n subscriptions written straight to the store, 10,000 per transaction."""
     svc = SubscriptionService(path, map_size=4 << 30)
-    for i in range(COLLECTIONS):
-        svc.create_collection(OP, Collection(f"C{i:03d}", "1", "geographic"))
-    p = FANOUT / (n / COLLECTIONS)
-    for lo in range(0, n, 10_000):
-        chunk = [validate_subscription(make_sub(rng, p), "geographic")
-                 for _ in range(min(10_000, n - lo))]  # fmt: skip
-        svc.store.create(chunk)
-    return svc
+    try:
+        for i in range(COLLECTIONS):
+            svc.create_collection(OP, Collection(f"C{i:03d}", "1", "geographic"))
+        p = FANOUT / (n / COLLECTIONS)
+        for lo in range(0, n, 10_000):
+            chunk = [validate_subscription(make_sub(rng, p), "geographic")
+                     for _ in range(min(10_000, n - lo))]  # fmt: skip
+            svc.store.create(chunk)
+    finally:
+        svc.close()
 
 
 def windowed(submit: Callable[[int], Any], items: list[int], window: int) -> list[Any]:
@@ -256,8 +259,11 @@ def main() -> None:
         root = Path(tmp) / "archive"
         root.mkdir()
         t0 = time.perf_counter()
-        svc = populate(root / ".heliostat" / "subscriptions", n, rng)
+        path = root / ".heliostat" / "subscriptions"
+        populate(path, n, rng)
         print(f"loaded {n:,} in {time.perf_counter() - t0:.1f} s", flush=True)
+        # Opened afresh, as the server would: its index holds them all (no catch-up to do).
+        svc = SubscriptionService(path, map_size=4 << 30)
         try:
             in_process(report, svc, rng, p, args.ops)
         finally:

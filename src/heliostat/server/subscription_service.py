@@ -76,8 +76,8 @@ def authenticated(
     async def wrapper(self: _S, request: Req, context: Ctx) -> Resp:
         header = dict(context.invocation_metadata() or ()).get("authorization", "")
         scheme, _, token = str(header).partition(" ")
-        # On the loop: one small LMDB read and a hash, cheaper than a hop to the executor (which
-        # halved the rate of CRUD calls). Not cached: a token revoked by the CLI fails at once.
+        # On the loop: one small LMDB read and a hash cost less than a hop to the executor and
+        # back. Not cached: a token revoked by the CLI fails at once.
         who = self.subs.authenticate(token) if scheme.lower() == "bearer" and token else None
         if who is None:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "a valid bearer token is needed")
@@ -301,7 +301,7 @@ def _error_result(e: BaseException) -> pb.SubscriptionWriteResult:
         code = CODES.get(type(e), grpc.StatusCode.INTERNAL)
     else:  # the transaction failed (e.g. the store is full): every write in it did
         code = grpc.StatusCode.INTERNAL
-    field = e.field or "" if isinstance(e, HeliostatError) else ""
+    field = (e.field if isinstance(e, HeliostatError) else None) or ""
     return pb.SubscriptionWriteResult(code=code.value[0], message=str(e), field=field)
 
 
@@ -430,6 +430,8 @@ class SubscriptionServicer(subscriptions_pb2_grpc.SubscriptionServiceServicer):
             nonlocal unanswered
             try:
                 async for msg in requests:
+                    if not msg.writes:
+                        continue
                     if len(msg.writes) > MAX_WRITES_PER_MESSAGE:
                         raise InvalidArgument(
                             f"at most {MAX_WRITES_PER_MESSAGE} per message", field="writes"
