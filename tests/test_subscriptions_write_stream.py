@@ -100,6 +100,14 @@ def test_mixed_writes_answered_in_order(served: Served) -> None:
         assert bob.subscription(bobs.id).theme == "bobs"  # untouched
         themes = {s.id: s.theme for s in alice.subscriptions()}
         assert themes == {mine.id: "renamed", results[0].id: "s0", results[11].id: "s3"}
+        assert alice.subscription(results[11].id).owner == "alice"
+
+        with client(served, "ops") as ops:  # the operator changes anyone's
+            (by_ops,) = ops.write_subscriptions(
+                [update_write(pb.Subscription(id=mine.id, theme="by-ops"), ["theme"])]
+            )
+            assert (by_ops.code, by_ops.id) == (OK, mine.id)
+        assert alice.subscription(mine.id).theme == "by-ops"
 
         deleted = list(alice.write_subscriptions([delete_write(results[0].id)]))
         assert [(r.code, r.id) for r in deleted] == [(OK, results[0].id)]
