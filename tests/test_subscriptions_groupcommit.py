@@ -14,7 +14,14 @@ from heliostat.client import HeliostatClient
 from heliostat.errors import InvalidArgument, NotFound
 from heliostat.subscriptions.auth import Principal
 from heliostat.subscriptions.model import Action, Collection, Subscription
-from heliostat.subscriptions.service import Patch, SubscriptionService
+from heliostat.subscriptions.service import (
+    CreateOp,
+    DeleteOp,
+    Patch,
+    SubscriptionService,
+    UpdateOp,
+    WriteOp,
+)
 from heliostat.v1 import subscriptions_pb2 as pb
 from tests.conftest import place_samples, start_server, stop_server
 from tests.test_subscriptions_server import cli
@@ -107,6 +114,30 @@ def test_gets_answer_after_commit_and_index(svc: SubscriptionService) -> None:
     svc.close()
     with pytest.raises(RuntimeError):
         svc.submit_create(ALICE, sub())
+
+
+def test_writes_submitted_together(svc: SubscriptionService) -> None:
+    a = svc.create(ALICE, sub(theme="a"))
+    bobs = svc.create(BOB, sub(theme="b"))
+    ops: list[WriteOp] = [
+        CreateOp(sub(theme="n1")),
+        CreateOp(sub(theme="bad theme")),  # fails alone, before queueing
+        UpdateOp(a.id, Patch(frozenset({"theme"}), theme="a2")),
+        UpdateOp(a.id, Patch(frozenset())),  # names no field
+        DeleteOp(bobs.id),  # not alice's
+        DeleteOp(a.id),
+        UpdateOp(a.id, Patch(frozenset({"active"}), active=False)),  # deleted just before
+    ]
+    n1, bad, upd, empty, not_hers, deleted, late = svc.submit_writes(ALICE, ops).result()
+    assert isinstance(n1, Subscription) and n1.theme == "n1" and n1.owner == "alice"
+    assert isinstance(bad, InvalidArgument) and bad.field == "theme"
+    assert isinstance(upd, Subscription) and upd.theme == "a2"
+    assert isinstance(empty, InvalidArgument) and empty.field == "update_mask"
+    assert isinstance(not_hers, NotFound) and isinstance(late, NotFound)
+    assert deleted == upd  # as it was when deleted
+    assert {s.id for s in svc.list_subscriptions(OP)} == {n1.id, bobs.id}
+    assert svc.submit_writes(ALICE, []).result() == []
+    svc.close()
 
 
 def test_many_calls_in_flight_over_grpc(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ import base64
 import binascii
 import collections
 import concurrent.futures
-import contextlib
+import dataclasses
 import functools
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -23,7 +23,15 @@ from heliostat.server.convert import timestamp_us, to_timestamp
 from heliostat.subscriptions import model
 from heliostat.subscriptions.auth import PermissionDenied, Principal
 from heliostat.subscriptions.lifecycle import ActionState, Attempt
-from heliostat.subscriptions.service import Patch, SubscriptionService, ThemeOp
+from heliostat.subscriptions.service import (
+    CreateOp,
+    DeleteOp,
+    Patch,
+    SubscriptionService,
+    ThemeOp,
+    UpdateOp,
+    WriteOp,
+)
 from heliostat.v1 import subscriptions_pb2 as pb
 from heliostat.v1 import subscriptions_pb2_grpc
 
@@ -289,7 +297,6 @@ def _page_after(token: str) -> int:
         raise InvalidArgument("not a token this server issued", field="page_token") from None
 
 
-_Queued = concurrent.futures.Future[model.Subscription] | pb.SubscriptionWriteResult
 WRITE_WINDOW = 4096  # unanswered writes per WriteSubscriptions stream before it stops reading
 MAX_WRITES_PER_MESSAGE = 1000
 
@@ -305,25 +312,37 @@ def _error_result(e: BaseException) -> pb.SubscriptionWriteResult:
     return pb.SubscriptionWriteResult(code=code.value[0], message=str(e), field=field)
 
 
-def _write_result(x: _Queued) -> pb.SubscriptionWriteResult:
-    if isinstance(x, pb.SubscriptionWriteResult):
-        return x
-    e = x.exception()
-    if e is not None:
-        return _error_result(e)
-    return pb.SubscriptionWriteResult(id=x.result().id)
+def _write_result(x: model.Subscription | BaseException) -> pb.SubscriptionWriteResult:
+    if isinstance(x, BaseException):
+        return _error_result(x)
+    return pb.SubscriptionWriteResult(id=x.id)
 
 
-def _last_future(items: list[_Queued]) -> concurrent.futures.Future[model.Subscription] | None:
-    for x in reversed(items):
-        if not isinstance(x, pb.SubscriptionWriteResult):
-            return x
-    return None
+def _op_in(w: pb.SubscriptionWrite) -> WriteOp:
+    kind = w.WhichOneof("write")
+    if kind == "create":
+        return CreateOp(_subscription_in(w.create.subscription))
+    if kind == "update":
+        return UpdateOp(w.update.subscription.id, _patch_in(w.update))
+    if kind == "delete":
+        return DeleteOp(w.delete.id)
+    raise InvalidArgument("name create, update or delete", field="write")
 
 
-def _answered(items: list[_Queued]) -> bool:
-    last = _last_future(items)
-    return last is None or last.done()
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Queued:
+    """One message's writes: those read, queued together; those not, answered at once."""
+
+    written: concurrent.futures.Future[list[model.Subscription | BaseException]]
+    unreadable: dict[int, pb.SubscriptionWriteResult]  # by position in the message
+    n: int
+
+    def results(self) -> list[pb.SubscriptionWriteResult]:
+        written = iter(self.written.result())
+        return [
+            self.unreadable[i] if i in self.unreadable else _write_result(next(written))
+            for i in range(self.n)
+        ]
 
 
 class SubscriptionServicer(subscriptions_pb2_grpc.SubscriptionServiceServicer):
@@ -418,10 +437,9 @@ class SubscriptionServicer(subscriptions_pb2_grpc.SubscriptionServiceServicer):
         who: Principal,
     ) -> None:
         # A reader checks and queues each message's writes (in the executor: up to 1000 at a
-        # time would hold the loop) while this coroutine answers them in order. The group commit
-        # answers writes in the order they were queued, so a message's last write answered means
-        # the whole message was: one Future awaited per message, not per write.
-        queued: collections.deque[list[_Queued] | None] = collections.deque()
+        # time would hold the loop), one entry for the group commit per message, while this
+        # coroutine answers them in order.
+        queued: collections.deque[_Queued | None] = collections.deque()
         arrived = asyncio.Event()
         room = asyncio.Event()
         unanswered = 0
@@ -439,10 +457,10 @@ class SubscriptionServicer(subscriptions_pb2_grpc.SubscriptionServiceServicer):
                     while unanswered >= WRITE_WINDOW:  # backpressure: stop reading
                         room.clear()
                         await room.wait()
-                    submit = functools.partial(self._submit_all, who, msg.writes)
-                    items = await offload(context, self.executor, submit)
-                    unanswered += len(items)
-                    queued.append(items)
+                    submit = functools.partial(self._submit, who, msg.writes)
+                    q = await offload(context, self.executor, submit)
+                    unanswered += q.n
+                    queued.append(q)
                     arrived.set()
             finally:
                 queued.append(None)
@@ -457,15 +475,12 @@ class SubscriptionServicer(subscriptions_pb2_grpc.SubscriptionServiceServicer):
                 head = queued[0]
                 if head is None:
                     break
-                last = _last_future(head)
-                if last is not None:
-                    with contextlib.suppress(Exception):  # its error is its result
-                        await asyncio.wrap_future(last)
+                await asyncio.wrap_future(head.written)  # a list: each write's error is in it
                 # With it, whatever else is answered already: one response for all of them.
                 results: list[pb.SubscriptionWriteResult] = []
-                while queued and (items := queued[0]) is not None and _answered(items):
+                while queued and (q := queued[0]) is not None and q.written.done():
                     queued.popleft()
-                    results += [_write_result(x) for x in items]
+                    results += q.results()
                 unanswered -= len(results)
                 room.set()
                 await context.write(pb.WriteSubscriptionsResponse(results=results))
@@ -473,22 +488,16 @@ class SubscriptionServicer(subscriptions_pb2_grpc.SubscriptionServiceServicer):
         finally:
             reader.cancel()
 
-    def _submit_all(self, who: Principal, writes: Iterable[pb.SubscriptionWrite]) -> list[_Queued]:
-        return [self._submit(who, w) for w in writes]
-
-    def _submit(self, who: Principal, w: pb.SubscriptionWrite) -> _Queued:
-        """Check one write and queue it for the group commit, or its error as its result."""
-        try:
-            kind = w.WhichOneof("write")
-            if kind == "create":
-                return self.subs.submit_create(who, _subscription_in(w.create.subscription))
-            if kind == "update":
-                return self.subs.submit_update(who, w.update.subscription.id, _patch_in(w.update))
-            if kind == "delete":
-                return self.subs.submit_delete(who, w.delete.id)
-            raise InvalidArgument("name create, update or delete", field="write")
-        except HeliostatError as e:
-            return _error_result(e)
+    def _submit(self, who: Principal, writes: Iterable[pb.SubscriptionWrite]) -> _Queued:
+        ops: list[WriteOp] = []
+        unreadable: dict[int, pb.SubscriptionWriteResult] = {}
+        n = 0
+        for n, w in enumerate(writes, 1):
+            try:
+                ops.append(_op_in(w))
+            except HeliostatError as e:
+                unreadable[n - 1] = _error_result(e)
+        return _Queued(self.subs.submit_writes(who, ops), unreadable, n)
 
     async def _theme(
         self, request: pb.ThemeRequest, context: Ctx, who: Principal, op: ThemeOp

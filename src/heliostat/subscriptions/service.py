@@ -12,7 +12,8 @@ Creates, updates and deletes go through a group commit (heliostat.subscriptions.
 those arriving together are checked one by one against the state the earlier ones in the batch
 leave, written in one synced transaction, and answered after it. ``submit_*`` return a Future
 of the subscription written (a delete's: as it was), answered in submission order, for the gRPC
-layer, which awaits it without holding a thread; ``create`` etc. wait for it.
+layer, which awaits it without holding a thread; ``create`` etc. wait for it. ``submit_writes``
+queues many writes with one Future for all their results (the bulk WriteSubscriptions stream).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Literal
 
 from heliostat.archive import sources
 from heliostat.catalog.codec import CatalogEvent, EventKind
-from heliostat.errors import InvalidArgument, NotFound
+from heliostat.errors import HeliostatError, InvalidArgument, NotFound
 from heliostat.subscriptions.auth import Principal, authenticate
 from heliostat.subscriptions.groupcommit import GroupCommit
 from heliostat.subscriptions.lifecycle import ActionState, Attempt, Ledger
@@ -85,6 +86,25 @@ class Patch:
 
 
 @dataclass(frozen=True, slots=True)
+class CreateOp:
+    sub: Subscription
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateOp:
+    sub_id: int
+    patch: Patch
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteOp:
+    sub_id: int
+
+
+WriteOp = CreateOp | UpdateOp | DeleteOp
+
+
+@dataclass(frozen=True, slots=True)
 class _Create:
     sub: Subscription  # validated
 
@@ -102,7 +122,12 @@ class _Delete:
     sub_id: int
 
 
-_Write = _Create | _Update | _Delete
+@dataclass(frozen=True, slots=True)
+class _Failed:
+    error: HeliostatError  # found before queueing; answered in its place
+
+
+_Write = _Create | _Update | _Delete | _Failed
 
 
 class SubscriptionService:
@@ -180,13 +205,16 @@ class SubscriptionService:
         return self.submit_create(who, s).result()
 
     def submit_create(self, who: Principal, s: Subscription) -> Future[Subscription]:
+        return self._writes.submit(self._create(who, s))
+
+    def _create(self, who: Principal, s: Subscription) -> _Create:
         owner = s.owner or who.owner
         if owner != who.owner and not who.operator:
             raise InvalidArgument("only the operator subscribes for others", field="owner")
         frame = self._collection(s.collection).frame
         t = now_us()
         s = dataclasses.replace(s, owner=owner, created_us=t, updated_us=t)
-        return self._writes.submit(_Create(validate_subscription(s, frame)))
+        return _Create(validate_subscription(s, frame))
 
     def get(self, who: Principal, sub_id: int) -> Subscription:
         s = self.store.get(sub_id) if sub_id > 0 else None
@@ -211,6 +239,9 @@ class SubscriptionService:
         return self.submit_update(who, sub_id, patch).result()
 
     def submit_update(self, who: Principal, sub_id: int, patch: Patch) -> Future[Subscription]:
+        return self._writes.submit(self._update(who, sub_id, patch))
+
+    def _update(self, who: Principal, sub_id: int, patch: Patch) -> _Update:
         if not patch.fields:
             raise InvalidArgument("name at least one field to change", field="update_mask")
         if "collection" in patch.fields:
@@ -222,13 +253,32 @@ class SubscriptionService:
             )
         if "owner" in patch.fields and not who.operator:
             raise InvalidArgument("only the operator changes owners", field="owner")
-        return self._writes.submit(_Update(who, sub_id, patch))
+        return _Update(who, sub_id, patch)
 
     def delete(self, who: Principal, sub_id: int) -> None:
         self.submit_delete(who, sub_id).result()
 
     def submit_delete(self, who: Principal, sub_id: int) -> Future[Subscription]:
         return self._writes.submit(_Delete(who, sub_id))
+
+    def submit_writes(
+        self, who: Principal, ops: Sequence[WriteOp]
+    ) -> Future[list[Subscription | BaseException]]:
+        """Check and queue several writes together (for one commit, in order): one Future for
+        their results, each as submit_* would answer it or that write's error. A bad write fails
+        alone."""
+        queued: list[_Write] = []
+        for op in ops:
+            try:
+                if isinstance(op, CreateOp):
+                    queued.append(self._create(who, op.sub))
+                elif isinstance(op, UpdateOp):
+                    queued.append(self._update(who, op.sub_id, op.patch))
+                else:
+                    queued.append(_Delete(who, op.sub_id))
+            except HeliostatError as e:
+                queued.append(_Failed(e))
+        return self._writes.submit_many(queued)
 
     def _apply(self, batch: Sequence[_Write]) -> list[Subscription | BaseException]:
         """Check and write a batch of queued writes in one transaction (the group commit)."""
@@ -240,6 +290,9 @@ class SubscriptionService:
             for i, w in enumerate(batch):
                 if isinstance(w, _Create):
                     creates.append(i)
+                    continue
+                if isinstance(w, _Failed):
+                    out[i] = w.error
                     continue
                 try:
                     old = self._current(w.who, w.sub_id, before, after)
