@@ -1,9 +1,7 @@
 """Subscription benchmark: matching throughput (matched only, and matched + durably recorded with
-their actions) beside a brute-force numpy matcher, CRUD rates, and restart-to-ready time, with N
-active subscriptions over 100 collections, mixed qualifiers and a mean fan-out of ~5 per event.
-
-CRUD runs in process and over real gRPC (a server process on a fresh archive): 64 requests in
-flight, written by group commit, beside one request at a time (one synced commit per call).
+their actions) beside a brute-force numpy matcher, and restart-to-ready time, with N active
+subscriptions over 100 collections, mixed qualifiers and a mean fan-out of ~5 per event.
+Create / update / delete rates: bench_subscription_writes.py.
 
 Run: .venv/bin/python bench/bench_subscriptions.py [--subs N] [--events E]
 """
@@ -11,29 +9,20 @@ Run: .venv/bin/python bench/bench_subscriptions.py [--subs N] [--events E]
 from __future__ import annotations
 
 import argparse
-import asyncio
-import collections
 import math
 import random
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-import grpc
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
-sys.path.insert(0, str(ROOT / "tests"))
-from conftest import start_server, stop_server  # noqa: E402
 from harness import Report  # noqa: E402
 
-from heliostat.client import HeliostatClient  # noqa: E402
 from heliostat.subscriptions import matching  # noqa: E402
 from heliostat.subscriptions.auth import Principal  # noqa: E402
 from heliostat.subscriptions.model import (  # noqa: E402
@@ -48,9 +37,7 @@ from heliostat.subscriptions.model import (  # noqa: E402
     Temporal,
     validate_subscription,
 )
-from heliostat.subscriptions.service import Patch, SubscriptionService  # noqa: E402
-from heliostat.v1 import subscriptions_pb2 as pb  # noqa: E402
-from heliostat.v1 import subscriptions_pb2_grpc  # noqa: E402
+from heliostat.subscriptions.service import SubscriptionService  # noqa: E402
 
 COLLECTIONS = 100
 DEFAULT_SUBS = 100_000
@@ -60,7 +47,6 @@ BANDS = 100  # distinct values of the string attribute
 EVENT_DEG = 1.0  # event footprints are 1 x 1 degree
 OP = Principal("ops", operator=True)
 ACTIONS = (Action("email", (("address", "someone@example.org"),)),)
-IN_FLIGHT = 64
 
 
 def coll(i: int) -> str:
@@ -210,110 +196,8 @@ def main() -> None:
         report.add("match + record, one event per commit", 200 / (time.perf_counter() - t0),
                    "events/s")  # fmt: skip
 
-        crud_in_process(svc, report, rng, p)
         svc.close()
-    crud_grpc(report)
     print(report.write())
-
-
-def rates(
-    report: Report, where: str, run: Callable[[str, int, list[int]], list[int]], n: int
-) -> None:
-    """create, update and delete rates: IN_FLIGHT at a time beside one at a time."""
-    one: dict[str, float] = {}
-    for label, window in (("one at a time", 1), (f"{IN_FLIGHT} in flight", IN_FLIGHT)):
-        ops = n if window > 1 else n // 5
-        ids: list[int] = []
-        for name in ("create", "update", "delete"):
-            t0 = time.perf_counter()
-            ids = run(name, window, ids or list(range(ops)))
-            rate = ops / (time.perf_counter() - t0)
-            if window == 1:
-                one[name] = rate
-                continue
-            report.add(f"{name}, {where}, {label} (group commit)", rate, "ops/s",
-                       baseline_name="one at a time (one synced commit each)",
-                       baseline_value=one[name], target=">= 5,000/s",
-                       met=rate >= 5000)  # fmt: skip
-
-
-def windowed(submit: Callable[[int], Any], items: list[int], window: int) -> list[Any]:
-    """Results of submit(item) for every item, at most window futures outstanding."""
-    out: list[Any] = []
-    pending: collections.deque[Any] = collections.deque()
-    for it in items:
-        pending.append(submit(it))
-        if len(pending) >= window:
-            out.append(pending.popleft().result())
-    out += [f.result() for f in pending]
-    return out
-
-
-def crud_in_process(svc: SubscriptionService, report: Report, rng: random.Random, p: float) -> None:
-    def run(name: str, window: int, ids: list[int]) -> list[int]:
-        def submit(i: int) -> Future[Subscription | None]:
-            if name == "create":
-                return svc.submit_create(OP, make_sub(rng, p))
-            if name == "update":
-                return svc.submit_update(OP, i, Patch(frozenset({"active"}), active=False))
-            return svc.submit_delete(OP, i)
-
-        done = windowed(submit, ids, window)
-        return [s.id for s in done] if name == "create" else ids
-
-    rates(report, "in process", run, 10_000)
-
-
-def crud_grpc(report: Report) -> None:
-    """The same over gRPC against a server process (its own archive and store), from an
-    asyncio client (the sync client's futures cost a thread each)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp) / "archive"
-        root.mkdir()
-        token = subprocess.run(
-            [sys.executable, "-m", "heliostat.cli", "token", "create", "--archive", str(root),
-             "--owner", "ops", "--operator"], capture_output=True, text=True, check=True,
-        ).stdout.strip()  # fmt: skip
-        srv = start_server(root, ingest=False)
-        try:
-            with HeliostatClient(srv.target, token=token) as c:
-                c.create_collection("C000")
-
-            def run(name: str, window: int, ids: list[int]) -> list[int]:
-                return asyncio.run(grpc_calls(srv.target, token, name, window, ids))
-
-            rates(report, "over gRPC", run, 5000)
-        finally:
-            stop_server(srv)
-
-
-async def grpc_calls(target: str, token: str, name: str, window: int, ids: list[int]) -> list[int]:
-    """One call per id by `window` concurrent callers; the created ids for creates."""
-    auth = (("authorization", f"Bearer {token}"),)
-    sub = pb.Subscription(
-        collection="C000.1", event_types=[pb.SUBSCRIPTION_EVENT_TYPE_INSERT], active=True,
-        qualifiers=pb.Qualifiers(spatial=pb.Box(x_min=-10, y_min=-10, x_max=10, y_max=10)),
-        actions=[pb.Action(kind=pb.ACTION_KIND_EMAIL, params={"address": "someone@example.org"})],
-    )  # fmt: skip
-    made: list[int] = []
-    todo = iter(ids)
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = subscriptions_pb2_grpc.SubscriptionServiceStub(channel)
-
-        async def caller() -> None:
-            for i in todo:  # shared: each id taken once
-                if name == "create":
-                    req: Any = pb.CreateSubscriptionRequest(subscription=sub)
-                    made.append((await stub.CreateSubscription(req, metadata=auth)).id)
-                elif name == "update":
-                    req = pb.UpdateSubscriptionRequest(subscription=pb.Subscription(id=i))
-                    req.update_mask.paths.append("active")
-                    await stub.UpdateSubscription(req, metadata=auth)
-                else:
-                    await stub.DeleteSubscription(pb.DeleteSubscriptionRequest(id=i), metadata=auth)
-
-        await asyncio.gather(*(caller() for _ in range(window)))
-    return made if name == "create" else ids
 
 
 if __name__ == "__main__":

@@ -14,7 +14,14 @@ from heliostat.client import HeliostatClient
 from heliostat.errors import InvalidArgument, NotFound
 from heliostat.subscriptions.auth import Principal
 from heliostat.subscriptions.model import Action, Collection, Subscription
-from heliostat.subscriptions.service import Patch, SubscriptionService
+from heliostat.subscriptions.service import (
+    CreateOp,
+    DeleteOp,
+    Patch,
+    SubscriptionService,
+    UpdateOp,
+    WriteOp,
+)
 from heliostat.v1 import subscriptions_pb2 as pb
 from tests.conftest import place_samples, start_server, stop_server
 from tests.test_subscriptions_server import cli
@@ -54,7 +61,7 @@ def test_one_batch_sees_its_own_writes_in_order(svc: SubscriptionService, tmp_pa
     with svc._lock:  # the writer blocks in its first batch while the rest queue up
         first = svc.submit_create(BOB, sub())
         taken(svc)
-        futs: list[Future[Subscription | None]] = [
+        futs: list[Future[Subscription]] = [
             svc.submit_update(ALICE, a.id, Patch(frozenset({"theme"}), theme="a2")),
             svc.submit_update(ALICE, a.id, Patch(frozenset({"active"}), active=False)),
             svc.submit_delete(ALICE, b.id),
@@ -68,11 +75,11 @@ def test_one_batch_sees_its_own_writes_in_order(svc: SubscriptionService, tmp_pa
     assert first.result() is not None
     upd1, upd2, del_b, late, bob_del, bad, made, missing = futs
     mid = upd1.result()
-    assert mid is not None and mid.theme == "a2" and mid.active
+    assert mid.theme == "a2" and mid.active
     final_a = upd2.result()
-    assert final_a is not None and final_a.theme == "a2" and not final_a.active
+    assert final_a.theme == "a2" and not final_a.active
     assert svc.get(ALICE, a.id) == final_a
-    assert del_b.result() is None
+    assert del_b.result() == b  # a delete answers with the subscription as it was
     with pytest.raises(NotFound):
         late.result()
     with pytest.raises(NotFound):
@@ -84,7 +91,7 @@ def test_one_batch_sees_its_own_writes_in_order(svc: SubscriptionService, tmp_pa
     assert e.value.field == "expire_time"
     assert svc.get(ALICE, c.id) == c  # neither failed request changed it
     created = made.result()
-    assert created is not None and svc.get(ALICE, created.id).theme == "new"
+    assert svc.get(ALICE, created.id).theme == "new"
     with pytest.raises(NotFound):
         missing.result()
     # One write each for bob's, a (both updates, in order), b and the new one.
@@ -98,7 +105,7 @@ def test_one_batch_sees_its_own_writes_in_order(svc: SubscriptionService, tmp_pa
 
 def test_gets_answer_after_commit_and_index(svc: SubscriptionService) -> None:
     futs = [svc.submit_create(ALICE, sub()) for _ in range(200)]
-    ids = [f.result().id for f in futs]  # type: ignore[union-attr]
+    ids = [f.result().id for f in futs]
     assert len(set(ids)) == 200
     assert len(svc.engine) == 200
     for f in [svc.submit_delete(ALICE, i) for i in ids[:100]]:
@@ -107,6 +114,30 @@ def test_gets_answer_after_commit_and_index(svc: SubscriptionService) -> None:
     svc.close()
     with pytest.raises(RuntimeError):
         svc.submit_create(ALICE, sub())
+
+
+def test_writes_submitted_together(svc: SubscriptionService) -> None:
+    a = svc.create(ALICE, sub(theme="a"))
+    bobs = svc.create(BOB, sub(theme="b"))
+    ops: list[WriteOp] = [
+        CreateOp(sub(theme="n1")),
+        CreateOp(sub(theme="bad theme")),  # fails alone, before queueing
+        UpdateOp(a.id, Patch(frozenset({"theme"}), theme="a2")),
+        UpdateOp(a.id, Patch(frozenset())),  # names no field
+        DeleteOp(bobs.id),  # not alice's
+        DeleteOp(a.id),
+        UpdateOp(a.id, Patch(frozenset({"active"}), active=False)),  # deleted just before
+    ]
+    n1, bad, upd, empty, not_hers, deleted, late = svc.submit_writes(ALICE, ops).result()
+    assert isinstance(n1, Subscription) and n1.theme == "n1" and n1.owner == "alice"
+    assert isinstance(bad, InvalidArgument) and bad.field == "theme"
+    assert isinstance(upd, Subscription) and upd.theme == "a2"
+    assert isinstance(empty, InvalidArgument) and empty.field == "update_mask"
+    assert isinstance(not_hers, NotFound) and isinstance(late, NotFound)
+    assert deleted == upd  # as it was when deleted
+    assert {s.id for s in svc.list_subscriptions(OP)} == {n1.id, bobs.id}
+    assert svc.submit_writes(ALICE, []).result() == []
+    svc.close()
 
 
 def test_many_calls_in_flight_over_grpc(tmp_path: Path) -> None:

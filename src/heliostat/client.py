@@ -9,8 +9,9 @@ Errors arrive as ``grpc.RpcError`` with the server's status code and a message n
 
 from __future__ import annotations
 
+import itertools
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Literal, cast
@@ -99,6 +100,28 @@ class NotificationStream:
         tb: TracebackType | None,
     ) -> None:
         self.cancel()
+
+
+def create_write(
+    subscription: subscriptions_pb2.Subscription,
+) -> subscriptions_pb2.SubscriptionWrite:
+    """A WriteSubscriptions write creating subscription (id and times are assigned)."""
+    r = subscriptions_pb2.CreateSubscriptionRequest(subscription=subscription)
+    return subscriptions_pb2.SubscriptionWrite(create=r)
+
+
+def update_write(
+    subscription: subscriptions_pb2.Subscription, fields: Sequence[str]
+) -> subscriptions_pb2.SubscriptionWrite:
+    """A write changing the named fields of the subscription with ``subscription.id``."""
+    r = subscriptions_pb2.UpdateSubscriptionRequest(subscription=subscription)
+    r.update_mask.paths.extend(fields)
+    return subscriptions_pb2.SubscriptionWrite(update=r)
+
+
+def delete_write(subscription_id: int) -> subscriptions_pb2.SubscriptionWrite:
+    r = subscriptions_pb2.DeleteSubscriptionRequest(id=subscription_id)
+    return subscriptions_pb2.SubscriptionWrite(delete=r)
 
 
 def _ts(dt: datetime) -> Timestamp:
@@ -331,6 +354,34 @@ class HeliostatClient:
             timeout=self.timeout,
             metadata=self._auth,
         )
+
+    def write_subscriptions(
+        self,
+        writes: Iterable[subscriptions_pb2.SubscriptionWrite],
+        *,
+        per_message: int = 100,
+        timeout: float | None = None,
+    ) -> Iterator[subscriptions_pb2.SubscriptionWriteResult]:
+        """Bulk creates, updates and deletes on one WriteSubscriptions stream: one result per
+        write, in order, each once its write is durable (``code`` 0, or the error with its
+        ``field``). Writes are sent ``per_message`` to a message as the results are read (the
+        server holds at most a few thousand unanswered); ``timeout`` bounds the whole stream.
+
+            results = hs.write_subscriptions(create_write(s) for s in subs)
+            ids = [r.id for r in results]
+        """
+        it = iter(writes)
+
+        def requests() -> Iterator[subscriptions_pb2.WriteSubscriptionsRequest]:
+            while chunk := list(itertools.islice(it, per_message)):
+                yield subscriptions_pb2.WriteSubscriptionsRequest(writes=chunk)
+
+        call = self.subs.WriteSubscriptions(requests(), timeout=timeout, metadata=self._auth)
+        try:
+            for r in call:
+                yield from r.results
+        finally:
+            call.cancel()  # a no-op once finished; else the reader left early
 
     def theme(self, op: Literal["suspend", "resume", "cancel"], theme: str) -> int:
         """Suspend, resume or cancel a theme's subscriptions; returns how many changed."""

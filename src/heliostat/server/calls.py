@@ -66,12 +66,9 @@ async def offload(context: Ctx, executor: Executor, fn: Callable[[], T]) -> T:
         await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
 
 
-async def offload_wait(
-    context: Ctx, executor: Executor, fn: Callable[[], concurrent.futures.Future[T]]
-) -> T:
-    """Run fn in the executor, then wait for the Future it returns without holding a thread
-    (a queued write answered by the group commit), both within the caller's deadline."""
-    fut = await offload(context, executor, fn)
+async def wait_future(context: Ctx, fut: concurrent.futures.Future[T]) -> T:
+    """Wait for a Future answered by another thread (a write queued for the group commit)
+    without holding a thread, within the caller's deadline."""
     remaining: float | None = context.time_remaining()
     if remaining is None:
         return await asyncio.wrap_future(fut)

@@ -29,21 +29,46 @@ class GroupCommit(Generic[R, T]):
         self._apply = apply
         self._name = name
         self._cond = threading.Condition(threading.Lock())
-        self._queue: list[tuple[R, Future[T]]] = []
+        # Each entry: requests queued together and what answers them (in order).
+        self._queue: list[tuple[Sequence[R], Callable[[list[T | BaseException]], None]]] = []
         self._closed = False
         self._thread: threading.Thread | None = None
 
     def submit(self, request: R) -> Future[T]:
         fut: Future[T] = Future()
+
+        def answer(results: list[T | BaseException]) -> None:
+            (res,) = results
+            if isinstance(res, BaseException):
+                fut.set_exception(res)
+            else:
+                fut.set_result(res)
+
+        self._put([request], answer)
+        return fut
+
+    def submit_many(self, requests: Sequence[R]) -> Future[list[T | BaseException]]:
+        """Queue requests together, in order, for the same commit: one Future for all their
+        results, each a result or that request's exception (a bulk writer's way: no Future, lock
+        or wake-up per request)."""
+        fut: Future[list[T | BaseException]] = Future()
+        if requests:
+            self._put(requests, fut.set_result)
+        else:
+            fut.set_result([])
+        return fut
+
+    def _put(
+        self, requests: Sequence[R], answer: Callable[[list[T | BaseException]], None]
+    ) -> None:
         with self._cond:
             if self._closed:
                 raise RuntimeError(f"{self._name} is closed")
             if self._thread is None:  # started on first use: most processes never write
                 self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
                 self._thread.start()
-            self._queue.append((request, fut))
+            self._queue.append((requests, answer))
             self._cond.notify()
-        return fut
 
     def close(self) -> None:
         """Write what is queued, then stop the writer."""
@@ -65,13 +90,20 @@ class GroupCommit(Generic[R, T]):
             # wait lets them join this batch rather than the one after (one commit, not two).
             time.sleep(LINGER_S)
             with self._cond:
-                batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+                # Whole entries, up to MAX_BATCH requests (at least one entry).
+                taken = size = 0
+                for reqs, _ in self._queue:
+                    if taken and size + len(reqs) > MAX_BATCH:
+                        break
+                    taken += 1
+                    size += len(reqs)
+                batch, self._queue = self._queue[:taken], self._queue[taken:]
+            requests = [r for reqs, _ in batch for r in reqs]
             try:
-                results = self._apply([r for r, _ in batch])
+                results = self._apply(requests)
             except BaseException as e:  # the transaction failed: every request in it did
-                results = [e] * len(batch)
-            for (_, fut), res in zip(batch, results, strict=True):
-                if isinstance(res, BaseException):
-                    fut.set_exception(res)
-                else:
-                    fut.set_result(res)
+                results = [e] * len(requests)
+            at = 0
+            for reqs, answer in batch:
+                answer(results[at : at + len(reqs)])
+                at += len(reqs)

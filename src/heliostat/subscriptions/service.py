@@ -11,7 +11,9 @@ the same store (``serve --processes N``), in the store's order.
 Creates, updates and deletes go through a group commit (heliostat.subscriptions.groupcommit):
 those arriving together are checked one by one against the state the earlier ones in the batch
 leave, written in one synced transaction, and answered after it. ``submit_*`` return a Future
-(for the gRPC layer, which awaits it without holding a thread); ``create`` etc. wait for it.
+of the subscription written (a delete's: as it was), answered in submission order, for the gRPC
+layer, which awaits it without holding a thread; ``create`` etc. wait for it. ``submit_writes``
+queues many writes with one Future for all their results (the bulk WriteSubscriptions stream).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Literal
 
 from heliostat.archive import sources
 from heliostat.catalog.codec import CatalogEvent, EventKind
-from heliostat.errors import InvalidArgument, NotFound
+from heliostat.errors import HeliostatError, InvalidArgument, NotFound
 from heliostat.subscriptions.auth import PermissionDenied, Principal, authenticate
 from heliostat.subscriptions.groupcommit import GroupCommit
 from heliostat.subscriptions.lifecycle import ActionState, Attempt, Ledger
@@ -85,6 +87,25 @@ class Patch:
 
 
 @dataclass(frozen=True, slots=True)
+class CreateOp:
+    sub: Subscription
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateOp:
+    sub_id: int
+    patch: Patch
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteOp:
+    sub_id: int
+
+
+WriteOp = CreateOp | UpdateOp | DeleteOp
+
+
+@dataclass(frozen=True, slots=True)
 class _Create:
     sub: Subscription  # validated
 
@@ -102,7 +123,12 @@ class _Delete:
     sub_id: int
 
 
-_Write = _Create | _Update | _Delete
+@dataclass(frozen=True, slots=True)
+class _Failed:
+    error: HeliostatError  # found before queueing; answered in its place
+
+
+_Write = _Create | _Update | _Delete | _Failed
 
 
 class SubscriptionService:
@@ -121,7 +147,7 @@ class SubscriptionService:
         self._lock = threading.Lock()  # orders store writes with index updates
         self.stats = PipelineStats()
         self._on_record: list[Callable[[], None]] = []
-        self._writes: GroupCommit[_Write, Subscription | None] = GroupCommit(
+        self._writes: GroupCommit[_Write, Subscription] = GroupCommit(
             self._apply, name="subscription-writes"
         )
 
@@ -181,18 +207,19 @@ class SubscriptionService:
     # -- subscriptions --------------------------------------------------------------------------
 
     def create(self, who: Principal, s: Subscription) -> Subscription:
-        stored = self.submit_create(who, s).result()
-        assert stored is not None
-        return stored
+        return self.submit_create(who, s).result()
 
-    def submit_create(self, who: Principal, s: Subscription) -> Future[Subscription | None]:
+    def submit_create(self, who: Principal, s: Subscription) -> Future[Subscription]:
+        return self._writes.submit(self._create(who, s))
+
+    def _create(self, who: Principal, s: Subscription) -> _Create:
         owner = s.owner or who.owner
         if owner != who.owner and not who.operator:
             raise InvalidArgument("only the operator subscribes for others", field="owner")
         frame = self._collection(s.collection).frame
         t = now_us()
         s = dataclasses.replace(s, owner=owner, created_us=t, updated_us=t)
-        return self._writes.submit(_Create(validate_subscription(s, frame)))
+        return _Create(validate_subscription(s, frame))
 
     def get(self, who: Principal, sub_id: int) -> Subscription:
         s = self.store.get(sub_id) if sub_id > 0 else None
@@ -214,13 +241,12 @@ class SubscriptionService:
         )
 
     def update(self, who: Principal, sub_id: int, patch: Patch) -> Subscription:
-        new = self.submit_update(who, sub_id, patch).result()
-        assert new is not None
-        return new
+        return self.submit_update(who, sub_id, patch).result()
 
-    def submit_update(
-        self, who: Principal, sub_id: int, patch: Patch
-    ) -> Future[Subscription | None]:
+    def submit_update(self, who: Principal, sub_id: int, patch: Patch) -> Future[Subscription]:
+        return self._writes.submit(self._update(who, sub_id, patch))
+
+    def _update(self, who: Principal, sub_id: int, patch: Patch) -> _Update:
         if not patch.fields:
             raise InvalidArgument("name at least one field to change", field="update_mask")
         if "collection" in patch.fields:
@@ -232,17 +258,36 @@ class SubscriptionService:
             )
         if "owner" in patch.fields and not who.operator:
             raise InvalidArgument("only the operator changes owners", field="owner")
-        return self._writes.submit(_Update(who, sub_id, patch))
+        return _Update(who, sub_id, patch)
 
     def delete(self, who: Principal, sub_id: int) -> None:
         self.submit_delete(who, sub_id).result()
 
-    def submit_delete(self, who: Principal, sub_id: int) -> Future[Subscription | None]:
+    def submit_delete(self, who: Principal, sub_id: int) -> Future[Subscription]:
         return self._writes.submit(_Delete(who, sub_id))
 
-    def _apply(self, batch: Sequence[_Write]) -> list[Subscription | BaseException | None]:
+    def submit_writes(
+        self, who: Principal, ops: Sequence[WriteOp]
+    ) -> Future[list[Subscription | BaseException]]:
+        """Check and queue several writes together (for one commit, in order): one Future for
+        their results, each as submit_* would answer it or that write's error. A bad write fails
+        alone."""
+        queued: list[_Write] = []
+        for op in ops:
+            try:
+                if isinstance(op, CreateOp):
+                    queued.append(self._create(who, op.sub))
+                elif isinstance(op, UpdateOp):
+                    queued.append(self._update(who, op.sub_id, op.patch))
+                else:
+                    queued.append(_Delete(who, op.sub_id))
+            except HeliostatError as e:
+                queued.append(_Failed(e))
+        return self._writes.submit_many(queued)
+
+    def _apply(self, batch: Sequence[_Write]) -> list[Subscription | BaseException]:
         """Check and write a batch of queued writes in one transaction (the group commit)."""
-        out: list[Subscription | BaseException | None] = [None] * len(batch)
+        out: dict[int, Subscription | BaseException] = {}  # by position in batch
         creates: list[int] = []  # positions in batch
         before: dict[int, Subscription] = {}  # as stored, for those changed by the batch
         after: dict[int, Subscription | None] = {}  # as the batch leaves them (None: deleted)
@@ -251,10 +296,14 @@ class SubscriptionService:
                 if isinstance(w, _Create):
                     creates.append(i)
                     continue
+                if isinstance(w, _Failed):
+                    out[i] = w.error
+                    continue
                 try:
                     old = self._current(w.who, w.sub_id, before, after)
                     if isinstance(w, _Delete):
                         after[old.id] = None
+                        out[i] = old  # as it was when deleted
                         continue
                     new = self._patched(old, w.patch)
                 except Exception as e:  # this request's error, not its neighbours'
@@ -269,7 +318,7 @@ class SubscriptionService:
                 out[i] = stored
             if generation != self._generation:
                 self._catch_up()  # another process wrote too: read back in the store's order
-                return out
+                return [out[i] for i in range(len(batch))]
             # Only ours since the index's generation: no need to read them back.
             for s in made:
                 self.engine.upsert(s)
@@ -278,7 +327,7 @@ class SubscriptionService:
             for old in deletes:
                 self.engine.remove(old.id)
             self._generation = generation + len(made) + len(pairs) + len(deletes)
-        return out
+        return [out[i] for i in range(len(batch))]
 
     def _current(
         self,
