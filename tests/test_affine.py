@@ -137,6 +137,7 @@ def test_supersampled_shrink_is_the_mean_of_bilinear_samples() -> None:
         [[1.0, 0.0, -7.6], [0.0, 1.0, 3.2]],  # ... reaching past both edges
         [[0.7, 0.0, -3.0], [0.0, 0.8, 2.5]],  # enlarging
         [[1.0088, 0.0, 1.7], [0.0, 1.0088, -2.2]],  # the AIA layer of a default screenshot
+        [[1.02, 0.0, -5.4], [0.0, 0.98, 0.2]],  # several runs of consecutive taps per row
         [[1.6, 0.0, -4.0], [0.0, 1.9, -6.5]],  # shrinking: 2×2 samples, partly outside
         [[-1.3, 0.0, 70.0], [0.0, 2.6, 1.0]],  # mirrored, 3×3 samples
     ],
@@ -161,7 +162,7 @@ def test_unrotated_matrix_takes_the_separable_path_with_the_same_result(m: objec
 
 
 def test_warp_is_the_same_on_one_thread_or_many() -> None:
-    from heliostat.imaging.affine import _warp_general, _warp_separable
+    from heliostat.imaging.affine import _rows, _warp_general, _warp_separable
 
     src = np.random.default_rng(5).integers(0, 256, (300, 300), dtype=np.uint8)
     m = _rotation(10.0, 1.2, 30.0, -20.0)
@@ -173,7 +174,8 @@ def test_warp_is_the_same_on_one_thread_or_many() -> None:
         outs.append((out, alpha))
         out = np.empty((256, 256), np.uint8)
         alpha = np.empty_like(out)
-        _warp_separable(src, 1.2, 0.5, 1.2, -0.5, 2, out, alpha, chunks)
+        flat, pitch = _rows(src)
+        _warp_separable(flat, pitch, 300, 1.2, 0.5, 1.2, -0.5, 2, out, alpha, chunks)
         outs.append((out, alpha))
     for a, b in zip(outs[:2], outs[2:], strict=True):
         assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])

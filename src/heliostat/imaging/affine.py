@@ -137,7 +137,9 @@ def warp_affine(src: U8Array, m: F64Array, out: U8Array, alpha: U8Array) -> None
     n = max(1, math.ceil(step - 1e-6))
     chunks = _threads(out.shape[0], out.shape[1])
     if m[0, 1] == 0.0 and m[1, 0] == 0.0:
-        _warp_separable(src, m[0, 0], m[0, 2], m[1, 1], m[1, 2], n, out, alpha, chunks)
+        flat, pitch = _rows(src)
+        ax, bx, ay, by = m[0, 0], m[0, 2], m[1, 1], m[1, 2]
+        _warp_separable(flat, pitch, src.shape[1], ax, bx, ay, by, n, out, alpha, chunks)
     else:
         _warp_general(src, m, n, out, alpha, chunks)
 
@@ -185,9 +187,24 @@ def _axis_taps(
     return first, weights, inside
 
 
+def _rows(a: U8Array) -> tuple[U8Array, int]:
+    """``a`` (h, w) as one contiguous run of bytes and its row pitch. Numba vectorises a loop
+    over a row of that; over a row of a strided 2-D view (a window of a cached image) it cannot
+    know the step is one byte."""
+    if a.strides[1] != 1 or a.strides[0] < a.shape[1] or a.size == 0:
+        a = np.ascontiguousarray(a)
+    h, w = a.shape
+    pitch = a.strides[0] if h else w
+    size = (h - 1) * pitch + w if h else 0
+    flat = np.lib.stride_tricks.as_strided(a, (size,), (1,), writeable=a.flags.writeable)
+    return flat, pitch
+
+
 @numba.njit(cache=True, nogil=True, parallel=True)
 def _warp_separable(
     src: U8Array,
+    pitch: int,
+    w_src: int,
     ax: float,
     bx: float,
     ay: float,
@@ -197,10 +214,10 @@ def _warp_separable(
     alpha: U8Array,
     chunks: int,
 ) -> None:
-    """x = ax·u + bx, y = ay·v + by: the n × n supersampled bilinear mean factors into a
-    vertical pass (whole source rows weighted into one float row, plain SIMD) and a horizontal
-    one with per-column taps; a unit horizontal step has the same taps for every column."""
-    h_src, w_src = src.shape
+    """x = ax·u + bx, y = ay·v + by over ``src``, rows of ``w_src`` bytes ``pitch`` apart: the
+    n × n supersampled bilinear mean factors into a vertical pass (whole source rows weighted
+    into one float row, plain SIMD) and a horizontal one with per-column taps."""
+    h_src = (src.size - w_src) // pitch + 1 if src.size else 0
     h_out, w_out = out.shape
     fx, wx, cx = _axis_taps(w_out, w_src, ax, bx, n)
     fy, wy, cy = _axis_taps(h_out, h_src, ay, by, n)
@@ -210,39 +227,80 @@ def _warp_separable(
     for k in range(n + 1):
         for u in range(w_out):
             alpha_rows[k, u] = cover[cx[u] * k]
-    tx = wx.shape[1]
     lo = fx.min()
-    hi = min(fx.max() + tx, w_src)
-    # A unit step and one sample: columns [ua, ub), whose two neighbours both exist, share one
-    # pair of weights and read tmp[u + shift] and the next, a plain vector lerp.
-    ua = ub = w_out
-    if n == 1 and ax == 1.0:
-        base = math.floor(bx)
-        ua = min(max(-base, 0), w_out)
-        ub = max(min(w_src - 1 - base, w_out), ua)
-    shift = math.floor(bx) - lo
+    hi = min(fx.max() + wx.shape[1], w_src)
+    first = (fx - lo).astype(np.uint32)
+    wt = np.ascontiguousarray(wx.T)
+    # One sample a pixel with both neighbours inside: the weights of tmp[first[u]] and the
+    # next are 1 − w and w, w = the position's fraction, linear in u along a run.
+    linear = np.zeros(w_out, np.bool_)
+    frac = np.zeros(w_out, np.float64)
+    if n == 1:
+        for u in range(w_out):
+            x = ax * u + bx
+            linear[u] = 0.0 <= x < w_src - 1
+            frac[u] = x - fx[u]
+    runs = _runs(first, linear)
     for c in numba.prange(chunks):
         _separable_rows(
-            src, fx, wx, cx, fy, wy, cy, alpha_rows, lo, hi, ua, ub, shift, out, alpha,
+            src, pitch, first, wt, runs, frac, ax - 1.0, fy, wy, cy, alpha_rows, lo, hi, out,
+            alpha,
             c * h_out // chunks, (c + 1) * h_out // chunks,
         )  # fmt: skip
+
+
+# Columns in a row whose first taps are consecutive before a run reads them as vectors.
+_MIN_RUN = 16
+
+
+@numba.njit(cache=True, nogil=True)
+def _runs(first: U32Array, linear: npt.NDArray[np.bool_]) -> I64Array:
+    """Column ranges (start, end, kind) covering the row in order. Kind 1 or 2: first[u] − u
+    is constant for at least _MIN_RUN columns (any step within 1/_MIN_RUN of 1: every
+    native-scale layer), so the taps are plain vector loads; 2 where ``linear`` too (the
+    weights then follow the position and need no table, whose loads would not fit in L1 beside
+    the row). Kind 0: gathered."""
+    runs = np.empty((first.size + 1, 3), np.int64)
+    count = 0
+    u = 0
+    gather_from = 0
+    while u < first.size:
+        e = u + 1
+        while (
+            e < first.size
+            and np.int64(first[e]) - e == np.int64(first[u]) - u
+            and linear[e] == linear[u]
+        ):
+            e += 1
+        if e - u >= _MIN_RUN:
+            if gather_from < u:
+                runs[count] = (gather_from, u, 0)
+                count += 1
+            runs[count] = (u, e, 2 if linear[u] else 1)
+            count += 1
+            gather_from = e
+        u = e
+    if gather_from < first.size:
+        runs[count] = (gather_from, first.size, 0)
+        count += 1
+    return runs[:count]
 
 
 @numba.njit(cache=True, nogil=True, fastmath=True, boundscheck=False)
 def _separable_rows(
     src: U8Array,
-    fx: I64Array,
-    wx: F32Array,
-    cx: I64Array,
+    pitch: int,
+    first: U32Array,
+    wt: F32Array,
+    runs: I64Array,
+    frac: F64Array,
+    slope: float,
     fy: I64Array,
     wy: F32Array,
     cy: I64Array,
     alpha_rows: U8Array,
     lo: int,
     hi: int,
-    ua: int,
-    ub: int,
-    shift: int,
     out: U8Array,
     alpha: U8Array,
     v0: int,
@@ -250,54 +308,151 @@ def _separable_rows(
 ) -> None:
     """Output rows [v0, v1) of _warp_separable."""
     w_out = out.shape[1]
-    tx = wx.shape[1]
-    ty = wy.shape[1]
     # Padding past the source width: taps of edge columns may reach it with weight 0.
-    tmp = np.zeros(fx.max() + tx - lo, np.float32)
-    acc = np.empty(w_out, np.float32)
-    wt = np.ascontiguousarray(wx.T)
-    first = fx - lo
+    tmp = np.zeros(first.max() + wt.shape[0], np.float32)
+    line = tmp[: hi - lo]
     for v in range(v0, v1):
         o = out[v]
-        alpha[v] = alpha_rows[cy[v]]
         if cy[v] == 0:
             o[:] = 0
             continue
-        r0 = fy[v]
-        w = wy[v, 0]
-        row = src[r0, lo:hi]
-        for x in range(row.size):
-            tmp[x] = w * np.float32(row[x])
-        for k in range(1, ty):
-            w = wy[v, k]
-            if w != 0.0:
-                row = src[r0 + k, lo:hi]
-                for x in range(row.size):
-                    tmp[x] += w * np.float32(row[x])
-        # Tap by tap over the whole row (a gather per tap) rather than pixel by pixel. Columns
-        # with no sample inside have all-zero weights and come out 0.
-        _gather_taps(wt[:, :ua], first[:ua], tmp, acc[:ua], o[:ua])
-        _gather_taps(wt[:, ub:], first[ub:], tmp, acc[ub:], o[ub:])
-        if ub > ua:
-            w0 = wx[ua, 0]
-            w1 = wx[ua, 1]
-            left = tmp[ua + shift : ub + shift]
-            right = tmp[ua + shift + 1 : ub + shift + 1]
-            dst = o[ua:ub]
-            for u in range(dst.size):
-                dst[u] = np.uint8(w0 * left[u] + w1 * right[u] + np.float32(0.5))
+        _vertical(src, fy[v] * pitch + lo, pitch, wy[v], line)
+        # Columns with no sample inside have all-zero weights and come out 0.
+        for r in range(runs.shape[0]):
+            u0 = runs[r, 0]
+            u1 = runs[r, 1]
+            kind = runs[r, 2]
+            if kind == 2:
+                _run_lerp(tmp, first[u0], frac[u0], slope, o, u0, u1)
+            elif kind == 1:
+                _run_taps(wt, tmp, first[u0], o, u0, u1)
+            else:
+                _gather_taps(wt, first, tmp, o, u0, u1)
+    # Alpha afterwards: written beside the rows above it slows them (cache sets the rows share).
+    # An explicit loop: numba's array-to-array slice assignment does not vectorise.
+    for v in range(v0, v1):
+        a = alpha[v]
+        a_row = alpha_rows[cy[v]]
+        for u in range(w_out):
+            a[u] = a_row[u]
 
 
 @numba.njit(cache=True, nogil=True, fastmath=True, boundscheck=False)
-def _gather_taps(wt: F32Array, first: I64Array, tmp: F32Array, acc: F32Array, o: U8Array) -> None:
-    """o[u] = Σ_k wt[k, u] · tmp[first[u] + k], rounded."""
-    acc[:] = 0.5
-    for k in range(wt.shape[0]):
-        wk = wt[k]
-        for u in range(o.size):
-            acc[u] += wk[u] * tmp[first[u] + k]
-    for u in range(o.size):
-        o[u] = np.uint8(min(acc[u], np.float32(255.0)))
+def _vertical(src: U8Array, start: int, pitch: int, w: F32Array, line: F32Array) -> None:
+    """line = Σ_k w[k] · source row k from ``start``. Zero weights at either end (edge rows, or
+    padding past the last row) are not read; up to three rows in one pass over the line."""
+    n = line.size
+    k0 = 0
+    k1 = w.size
+    while k0 < k1 and w[k0] == 0.0:
+        k0 += 1
+    while k1 > k0 and w[k1 - 1] == 0.0:
+        k1 -= 1
+    if k0 == k1:
+        line[:] = 0.0
+        return
+    a = src[start + k0 * pitch : start + k0 * pitch + n]
+    wa = w[k0]
+    if k1 - k0 == 1:
+        for x in range(n):
+            line[x] = wa * np.float32(a[x])
+        return
+    b = src[start + (k0 + 1) * pitch : start + (k0 + 1) * pitch + n]
+    wb = w[k0 + 1]
+    if k1 - k0 == 2:
+        for x in range(n):
+            line[x] = wa * np.float32(a[x]) + wb * np.float32(b[x])
+        return
+    c = src[start + (k0 + 2) * pitch : start + (k0 + 2) * pitch + n]
+    wc = w[k0 + 2]
+    for x in range(n):
+        line[x] = wa * np.float32(a[x]) + wb * np.float32(b[x]) + wc * np.float32(c[x])
+    for k in range(k0 + 3, k1):
+        r = src[start + k * pitch : start + k * pitch + n]
+        wk = w[k]
+        for x in range(n):
+            line[x] += wk * np.float32(r[x])
+
+
+# Horizontal taps of a run of columns. Indices are unsigned and no array is sliced: numba wraps
+# negative indices (a branch per element that stops LLVM vectorising) and takes a reference
+# (an atomic increment) on every slice, which costs more than a short run itself.
+_I = np.uint64
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True, boundscheck=False)
+def _run_lerp(t: F32Array, j: int, w: float, slope: float, o: U8Array, u0: int, u1: int) -> None:
+    """o[u] = lerp(t[i], t[i + 1], w + slope·(u − u0)), i = j + u − u0, rounded, u in [u0, u1).
+    The weight is a float induction (LLVM vectorises it) rather than converted from u: half the
+    time."""
+    wu = np.float32(w)
+    dw = np.float32(slope)
+    ti = _I(j)
+    oi = _I(u0)
+    for k in range(_I(u1 - u0)):
+        a = t[ti + k]
+        o[oi + k] = np.int32(a + wu * (t[ti + k + _I(1)] - a) + np.float32(0.5))
+        wu += dw
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True, boundscheck=False)
+def _run_taps(wt: F32Array, t: F32Array, j: int, o: U8Array, u0: int, u1: int) -> None:
+    """o[u] = Σ_k wt[k, u] · t[j + u − u0 + k], rounded, for u in [u0, u1)."""
+    n = _I(u1 - u0)
+    ti = _I(j)
+    oi = _I(u0)
+    if wt.shape[0] == 2:
+        w0 = wt[0]
+        w1 = wt[1]
+        for k in range(n):
+            i = ti + k
+            u = oi + k
+            o[u] = np.int32(w0[u] * t[i] + w1[u] * t[i + _I(1)] + np.float32(0.5))
+        return
+    if wt.shape[0] == 3:
+        w0 = wt[0]
+        w1 = wt[1]
+        w2 = wt[2]
+        for k in range(n):
+            i = ti + k
+            u = oi + k
+            acc = w0[u] * t[i] + w1[u] * t[i + _I(1)] + w2[u] * t[i + _I(2)]
+            o[u] = np.int32(acc + np.float32(0.5))
+        return
+    for k in range(n):
+        i = ti + k
+        u = oi + k
+        acc = np.float32(0.5)
+        for tap in range(wt.shape[0]):
+            acc += wt[tap, u] * t[i + _I(tap)]
+        o[u] = np.int32(min(acc, np.float32(255.0)))
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True, boundscheck=False)
+def _gather_taps(wt: F32Array, first: U32Array, t: F32Array, o: U8Array, u0: int, u1: int) -> None:
+    """o[u] = Σ_k wt[k, u] · t[first[u] + k], rounded, for u in [u0, u1)."""
+    if wt.shape[0] == 2:
+        w0 = wt[0]
+        w1 = wt[1]
+        for u in range(_I(u0), _I(u1)):
+            i = _I(first[u])
+            o[u] = np.int32(w0[u] * t[i] + w1[u] * t[i + _I(1)] + np.float32(0.5))
+        return
+    if wt.shape[0] == 3:
+        w0 = wt[0]
+        w1 = wt[1]
+        w2 = wt[2]
+        for u in range(_I(u0), _I(u1)):
+            i = _I(first[u])
+            acc = w0[u] * t[i] + w1[u] * t[i + _I(1)] + w2[u] * t[i + _I(2)]
+            o[u] = np.int32(acc + np.float32(0.5))
+        return
+    for u in range(_I(u0), _I(u1)):
+        i = _I(first[u])
+        acc = np.float32(0.5)
+        for tap in range(wt.shape[0]):
+            acc += wt[tap, u] * t[i + _I(tap)]
+        o[u] = np.int32(min(acc, np.float32(255.0)))
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
