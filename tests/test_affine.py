@@ -140,6 +140,7 @@ def test_supersampled_shrink_is_the_mean_of_bilinear_samples() -> None:
         [[1.02, 0.0, -5.4], [0.0, 0.98, 0.2]],  # several runs of consecutive taps per row
         [[1.6, 0.0, -4.0], [0.0, 1.9, -6.5]],  # shrinking: 2×2 samples, partly outside
         [[-1.3, 0.0, 70.0], [0.0, 2.6, 1.0]],  # mirrored, 3×3 samples
+        [[-1.0, 0.0, 80.4], [0.0, -1.0, 66.2]],  # 180°, subpixel shift: the source read backwards
     ],
 )
 def test_unrotated_matrix_takes_the_separable_path_with_the_same_result(m: object) -> None:
@@ -159,6 +160,17 @@ def test_unrotated_matrix_takes_the_separable_path_with_the_same_result(m: objec
     assert (alpha == 255).sum() > 1000
     assert np.abs(out.astype(int) - ref).max() <= 1
     assert (out[alpha == 0] == 0).all()
+
+
+def test_rotation_by_180_degrees_is_an_exact_flip() -> None:
+    # cos and sin of 180° leave off-diagonal terms of 1e-16: still a flip, at copy speed.
+    src = np.random.default_rng(6).integers(0, 256, (70, 90), dtype=np.uint8)[2:, 3:]
+    h, w = src.shape
+    m = _rotation(180.0, 1.0, w - 1, h - 1)
+    assert m[0, 1] != 0.0
+    out, alpha = _warp(src, m, src.shape)
+    assert np.array_equal(out, src[::-1, ::-1])
+    assert alpha.min() == 255
 
 
 def test_warp_is_the_same_on_one_thread_or_many() -> None:

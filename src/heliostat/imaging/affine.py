@@ -136,7 +136,10 @@ def warp_affine(src: U8Array, m: F64Array, out: U8Array, alpha: U8Array) -> None
     # The epsilon keeps an exact 1:1 copy at one sample despite rounding in m.
     n = max(1, math.ceil(step - 1e-6))
     chunks = _threads(out.shape[0], out.shape[1])
-    if m[0, 1] == 0.0 and m[1, 0] == 0.0:
+    h, w = out.shape
+    # Off-diagonal terms that move no sample by a millionth of a pixel are rounding (cos and
+    # sin of a multiple of 90°, as a 180° CROTA gives): the matrix is a scale or a mirror.
+    if abs(m[0, 1]) * h < 1e-6 and abs(m[1, 0]) * w < 1e-6:
         flat, pitch = _rows(src)
         ax, bx, ay, by = m[0, 0], m[0, 2], m[1, 1], m[1, 2]
         _warp_separable(flat, pitch, src.shape[1], ax, bx, ay, by, n, out, alpha, chunks)
@@ -243,8 +246,7 @@ def _warp_separable(
     runs = _runs(first, linear)
     for c in numba.prange(chunks):
         _separable_rows(
-            src, pitch, first, wt, runs, frac, ax - 1.0, fy, wy, cy, alpha_rows, lo, hi, out,
-            alpha,
+            src, pitch, first, wt, runs, frac, ax, fy, wy, cy, alpha_rows, lo, hi, out, alpha,
             c * h_out // chunks, (c + 1) * h_out // chunks,
         )  # fmt: skip
 
@@ -255,28 +257,32 @@ _MIN_RUN = 16
 
 @numba.njit(cache=True, nogil=True)
 def _runs(first: U32Array, linear: npt.NDArray[np.bool_]) -> I64Array:
-    """Column ranges (start, end, kind) covering the row in order. Kind 1 or 2: first[u] − u
+    """Column ranges (start, end, kind) covering the row in order. Kinds 1 and 2: first[u] − u
     is constant for at least _MIN_RUN columns (any step within 1/_MIN_RUN of 1: every
     native-scale layer), so the taps are plain vector loads; 2 where ``linear`` too (the
     weights then follow the position and need no table, whose loads would not fit in L1 beside
-    the row). Kind 0: gathered."""
+    the row). Kind 3: linear with first[u] + u constant, a mirrored axis (a 180° rotation).
+    Kind 0: gathered."""
     runs = np.empty((first.size + 1, 3), np.int64)
     count = 0
     u = 0
     gather_from = 0
     while u < first.size:
+        kind = 2 if linear[u] else 1
         e = u + 1
-        while (
-            e < first.size
-            and np.int64(first[e]) - e == np.int64(first[u]) - u
-            and linear[e] == linear[u]
-        ):
+        f = np.int64(first[u])
+        while e < first.size and first[e] - e == f - u and linear[e] == linear[u]:
             e += 1
+        if e - u < _MIN_RUN and linear[u]:
+            kind = 3
+            e = u + 1
+            while e < first.size and first[e] + e == f + u and linear[e]:
+                e += 1
         if e - u >= _MIN_RUN:
             if gather_from < u:
                 runs[count] = (gather_from, u, 0)
                 count += 1
-            runs[count] = (u, e, 2 if linear[u] else 1)
+            runs[count] = (u, e, kind)
             count += 1
             gather_from = e
         u = e
@@ -294,7 +300,7 @@ def _separable_rows(
     wt: F32Array,
     runs: I64Array,
     frac: F64Array,
-    slope: float,
+    ax: float,
     fy: I64Array,
     wy: F32Array,
     cy: I64Array,
@@ -323,7 +329,9 @@ def _separable_rows(
             u1 = runs[r, 1]
             kind = runs[r, 2]
             if kind == 2:
-                _run_lerp(tmp, first[u0], frac[u0], slope, o, u0, u1)
+                _run_lerp(tmp, first[u0], frac[u0], ax - 1.0, o, u0, u1)
+            elif kind == 3:
+                _run_lerp_mirrored(tmp, first[u0], frac[u0], ax + 1.0, o, u0, u1)
             elif kind == 1:
                 _run_taps(wt, tmp, first[u0], o, u0, u1)
             else:
@@ -392,6 +400,21 @@ def _run_lerp(t: F32Array, j: int, w: float, slope: float, o: U8Array, u0: int, 
     for k in range(_I(u1 - u0)):
         a = t[ti + k]
         o[oi + k] = np.int32(a + wu * (t[ti + k + _I(1)] - a) + np.float32(0.5))
+        wu += dw
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True, boundscheck=False)
+def _run_lerp_mirrored(
+    t: F32Array, j: int, w: float, slope: float, o: U8Array, u0: int, u1: int
+) -> None:
+    """_run_lerp with i = j − (u − u0): the source read backwards."""
+    wu = np.float32(w)
+    dw = np.float32(slope)
+    ti = _I(j)
+    oi = _I(u0)
+    for k in range(_I(u1 - u0)):
+        a = t[ti - k]
+        o[oi + k] = np.int32(a + wu * (t[ti - k + _I(1)] - a) + np.float32(0.5))
         wu += dw
 
 
