@@ -39,6 +39,7 @@ U32Array = npt.NDArray[np.uint32]
 F32Array = npt.NDArray[np.float32]
 F64Array = npt.NDArray[np.float64]
 I64Array = npt.NDArray[np.int64]
+I32Array = npt.NDArray[np.int32]
 
 # The alpha byte's bits within a native-endian uint32 RGBA word.
 _ALPHA_SHIFT = 24 if sys.byteorder == "little" else 0
@@ -47,6 +48,9 @@ _RGB_BITS = 0xFFFFFFFF ^ _ALPHA_BITS
 # Fractional bits of the fixed-point source positions.
 _FIX = 32
 _ONE = float(1 << _FIX)
+# Index type of the hot loops: numba wraps negative indices, a test per load that stops LLVM
+# vectorising a loop; an unsigned index has none.
+_I = np.uint64
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -71,21 +75,6 @@ def _bilinear(src: U8Array, x: float, y: float) -> float:
 @numba.njit(cache=True, nogil=True, inline="always")
 def _fixed(x: float) -> int:
     return math.floor(x * _ONE + 0.5)
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def _bilinear_fixed(src: U8Array, sx: int, sy: int) -> int:
-    """Bilinear sample ×65536 at 32.32 fixed-point (sx, sy), both neighbours inside."""
-    xi = sx >> _FIX
-    yi = sy >> _FIX
-    fx = (sx >> (_FIX - 8)) & 0xFF
-    fy = (sy >> (_FIX - 8)) & 0xFF
-    p = np.int64(src[yi, xi])
-    q = np.int64(src[yi + 1, xi])
-    top = (p << 8) + (np.int64(src[yi, xi + 1]) - p) * fx
-    bottom = (q << 8) + (np.int64(src[yi + 1, xi + 1]) - q) * fx
-    # Rounded here rather than by the caller: a single sample then needs no division.
-    return int((top << 8) + (bottom - top) * fy + 32768)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -139,12 +128,12 @@ def warp_affine(src: U8Array, m: F64Array, out: U8Array, alpha: U8Array) -> None
     h, w = out.shape
     # Off-diagonal terms that move no sample by a millionth of a pixel are rounding (cos and
     # sin of a multiple of 90°, as a 180° CROTA gives): the matrix is a scale or a mirror.
+    flat, pitch = _rows(src)
     if abs(m[0, 1]) * h < 1e-6 and abs(m[1, 0]) * w < 1e-6:
-        flat, pitch = _rows(src)
         ax, bx, ay, by = m[0, 0], m[0, 2], m[1, 1], m[1, 2]
         _warp_separable(flat, pitch, src.shape[1], ax, bx, ay, by, n, out, alpha, chunks)
     else:
-        _warp_general(src, m, n, out, alpha, chunks)
+        _warp_general(src, flat, pitch, m, n, out, alpha, chunks)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -382,10 +371,8 @@ def _vertical(src: U8Array, start: int, pitch: int, w: F32Array, line: F32Array)
             line[x] += wk * np.float32(r[x])
 
 
-# Horizontal taps of a run of columns. Indices are unsigned and no array is sliced: numba wraps
-# negative indices (a branch per element that stops LLVM vectorising) and takes a reference
-# (an atomic increment) on every slice, which costs more than a short run itself.
-_I = np.uint64
+# Horizontal taps of a run of columns: no array is sliced, as numba takes a reference (an
+# atomic increment) on every slice, which costs more than a short run itself.
 
 
 @numba.njit(cache=True, nogil=True, fastmath=True, boundscheck=False)
@@ -480,12 +467,19 @@ def _gather_taps(wt: F32Array, first: U32Array, t: F32Array, o: U8Array, u0: int
 
 @numba.njit(cache=True, nogil=True, parallel=True)
 def _warp_general(
-    src: U8Array, m: F64Array, n: int, out: U8Array, alpha: U8Array, chunks: int
+    src: U8Array,
+    flat: U8Array,
+    pitch: int,
+    m: F64Array,
+    n: int,
+    out: U8Array,
+    alpha: U8Array,
+    chunks: int,
 ) -> None:
     """Any affine: n × n bilinear samples a pixel. Pixels whose whole footprint is inside the
     source take a fixed-point path (positions in 32.32, bilinear weights in 8 bits: 2× the speed
     of floating point, within one grey level of it); the rest a floating-point path with edge
-    tests."""
+    tests. ``flat`` and ``pitch`` are ``src`` as _rows gives it, for the fixed-point path."""
     h_out = out.shape[0]
     count = n * n
     off_x = np.empty(count, np.float64)
@@ -512,7 +506,7 @@ def _warp_general(
     my = np.abs(off_y).max()
     for c in numba.prange(chunks):
         _general_rows(
-            src, m, off_x, off_y, fix_x, fix_y, scale, cover, mx, my, out, alpha,
+            src, flat, pitch, m, off_x, off_y, fix_x, fix_y, scale, cover, mx, my, out, alpha,
             c * h_out // chunks, (c + 1) * h_out // chunks,
         )  # fmt: skip
 
@@ -520,6 +514,8 @@ def _warp_general(
 @numba.njit(cache=True, nogil=True, boundscheck=False)
 def _general_rows(
     src: U8Array,
+    flat: U8Array,
+    pitch: int,
     m: F64Array,
     off_x: F64Array,
     off_y: F64Array,
@@ -541,6 +537,14 @@ def _general_rows(
     inv = 1.0 / (count * 65536.0)
     ax = _fixed(m[0, 0])
     ay = _fixed(m[1, 0])
+    # Interior pixels of a row go in three passes over these: positions (vector arithmetic),
+    # fetches of the four neighbours (the only scalar pass), then the bilinear sums (vector
+    # arithmetic). One loop doing all three does not vectorise and takes twice as long.
+    idx = np.empty(w_out, np.int64)
+    fxs = np.empty(w_out, np.int32)
+    fys = np.empty(w_out, np.int32)
+    quads = np.empty(w_out, np.uint32)
+    acc = np.empty(w_out, np.int64)
     for v in range(v0, v1):
         row_x = m[0, 1] * v + m[0, 2]
         row_y = m[1, 1] * v + m[1, 2]
@@ -549,33 +553,117 @@ def _general_rows(
         xa, xb = _span(m[0, 0], row_x, mx, w_src - 1.001 - mx, w_out)
         ya, yb = _span(m[1, 0], row_y, my, h_src - 1.001 - my, w_out)
         ua, ub = max(xa, ya), min(xb, yb)
+        # Outside [oa, ob) every sample misses the source: transparent without a test a sample.
+        xa, xb = _span(m[0, 0], row_x, -0.5 - mx, w_src - 0.5 + mx, w_out)
+        ya, yb = _span(m[1, 0], row_y, -0.5 - my, h_src - 0.5 + my, w_out)
+        oa = min(max(max(xa, ya) - 1, 0), w_out)
+        ob = min(max(min(xb, yb) + 1, 0), w_out)
         if ua >= ub:
-            ua = ub = w_out
-        for u in range(ua):
+            ua = ub = max(oa, min(ob, w_out))
+        oa = min(oa, ua)
+        ob = max(ob, ub)
+        for u in range(_I(0), _I(oa)):
+            o[u] = 0
+            a[u] = 0
+        for u in range(_I(ob), _I(w_out)):
+            o[u] = 0
+            a[u] = 0
+        for u in range(oa, ua):
             o[u], a[u] = _edge_pixel(
                 src, row_x + m[0, 0] * u, row_y + m[1, 0] * u, off_x, off_y, scale, cover
             )
         # Half a weight step added once rounds the positions to the nearest 1/256 pixel.
         px = _fixed(row_x + m[0, 0] * ua) + (1 << (_FIX - 9))
         py = _fixed(row_y + m[1, 0] * ua) + (1 << (_FIX - 9))
-        a[ua:ub] = 255
-        if count == 1:
-            for u in range(ua, ub):
-                o[u] = _bilinear_fixed(src, px, py) >> 16
-                px += ax
-                py += ay
-        else:
-            for u in range(ua, ub):
-                acc = 0
-                for k in range(count):
-                    acc += _bilinear_fixed(src, px + fix_x[k], py + fix_y[k])
-                o[u] = int(acc * inv)
-                px += ax
-                py += ay
-        for u in range(ub, w_out):
+        for u in range(_I(ua), _I(ub)):
+            a[u] = 255
+        n_in = ub - ua
+        for k in range(count):
+            _positions(px + fix_x[k], py + fix_y[k], ax, ay, pitch, idx, fxs, fys, n_in)
+            _fetch(flat, pitch, idx, quads, n_in)
+            if count == 1:
+                _bilinear_run(quads, fxs, fys, n_in, o, ua)
+            else:
+                _accumulate(quads, fxs, fys, n_in, acc, k == 0)
+        if count > 1:
+            for i in range(n_in):
+                o[_I(ua) + _I(i)] = np.int32(acc[i] * inv)
+        for u in range(ub, ob):
             o[u], a[u] = _edge_pixel(
                 src, row_x + m[0, 0] * u, row_y + m[1, 0] * u, off_x, off_y, scale, cover
             )
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True, boundscheck=False)
+def _positions(
+    px: int,
+    py: int,
+    ax: int,
+    ay: int,
+    pitch: int,
+    idx: I64Array,
+    fxs: I32Array,
+    fys: I32Array,
+    n: int,
+) -> None:
+    """For samples i < n at 32.32 (px + i·ax, py + i·ay): the index of the top-left neighbour in
+    rows ``pitch`` apart, and the 8-bit weights of the right and lower ones."""
+    for i in range(n):
+        sx = px + ax * i
+        sy = py + ay * i
+        idx[i] = (sy >> _FIX) * pitch + (sx >> _FIX)
+        fxs[i] = (sx >> (_FIX - 8)) & 0xFF
+        fys[i] = (sy >> (_FIX - 8)) & 0xFF
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=False)
+def _fetch(src: U8Array, pitch: int, idx: I64Array, quads: U32Array, n: int) -> None:
+    """quads[i]: the four neighbours from idx[i] as the bytes of one word, left to right, top
+    to bottom."""
+    down = _I(pitch)
+    one = _I(1)
+    for i in range(n):
+        j = _I(idx[i])
+        quads[i] = (
+            _U(src[j])
+            | _U(src[j + one]) << _U(8)
+            | _U(src[j + down]) << _U(16)
+            | _U(src[j + down + one]) << _U(24)
+        )
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _bilinear_quad(q: np.uint32, fx: np.int32, fy: np.int32) -> np.int32:
+    """Bilinear sample ×65536, rounded, of the neighbours packed in q with 8-bit weights."""
+    p = np.int32(q & _U(0xFF))
+    r = np.int32((q >> _U(8)) & _U(0xFF))
+    s = np.int32((q >> _U(16)) & _U(0xFF))
+    t = np.int32(q >> _U(24))
+    top = (p << 8) + (r - p) * fx
+    bottom = (s << 8) + (t - s) * fx
+    return (top << 8) + (bottom - top) * fy + np.int32(32768)
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True, boundscheck=False)
+def _bilinear_run(
+    quads: U32Array, fxs: I32Array, fys: I32Array, n: int, o: U8Array, u0: int
+) -> None:
+    """o[u0 + i] = the bilinear samples, i < n."""
+    for i in range(n):
+        o[_I(u0) + _I(i)] = _bilinear_quad(quads[i], fxs[i], fys[i]) >> 16
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True, boundscheck=False)
+def _accumulate(
+    quads: U32Array, fxs: I32Array, fys: I32Array, n: int, acc: I64Array, first: bool
+) -> None:
+    """acc[i] (+)= the bilinear samples ×65536, i < n."""
+    if first:
+        for i in range(n):
+            acc[i] = _bilinear_quad(quads[i], fxs[i], fys[i])
+    else:
+        for i in range(n):
+            acc[i] += _bilinear_quad(quads[i], fxs[i], fys[i])
 
 
 @numba.njit(cache=True, nogil=True)
