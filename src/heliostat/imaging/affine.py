@@ -11,11 +11,17 @@ JPEG 2000 ``reduce`` has done the power-of-two part of any shrink, so ``n`` is 1
 practice (4 samples at most per pixel). Samples whose position falls outside the source count as
 transparent: the output alpha is the covered fraction of the footprint.
 
-Without rotation the same mean of bilinear samples factors into a vertical and a horizontal pass
-with per-row and per-column weight tables (_warp_separable), which vectorise: 5–10× the speed of
-the per-pixel path, within one grey level of it and with the same alpha. Rotated matrices take
-the per-pixel path (_warp_general). A three-shear or two-pass decomposition of the rotation was
-not adopted: it is not bilinear sampling, so it would not stay within one grey level of it.
+Without rotation (off-diagonal terms below a millionth of a pixel: a 180° CROTA is a mirror of
+both axes) the same mean of bilinear samples factors into a vertical and a horizontal pass with
+per-row and per-column weight tables (_warp_separable), within one grey level of the per-pixel
+path and with the same alpha. The vertical pass weights whole source rows into a float row; the
+horizontal one reads that row with vector loads along runs of columns whose taps are
+consecutive (any step near ±1: every native-scale layer), and gathers elsewhere. Tiles and
+screenshots both resample through it. Rotated matrices take the per-pixel path
+(_warp_general), whose interior pixels go through vectorised position and bilinear passes
+around one scalar fetch of the four neighbours. A three-shear or two-pass decomposition of the
+rotation was not adopted: it is not bilinear sampling, so it would not stay within one grey
+level of it.
 
 ``blend_over`` draws one straight-alpha RGBA layer over a straight-alpha RGBA canvas, Porter–Duff
 OVER, the way Helioviewer stacks screenshot layers: branch-free loops over 32-bit pixels that
@@ -124,16 +130,17 @@ def warp_affine(src: U8Array, m: F64Array, out: U8Array, alpha: U8Array) -> None
     step = max(math.hypot(m[0, 0], m[1, 0]), math.hypot(m[0, 1], m[1, 1]))
     # The epsilon keeps an exact 1:1 copy at one sample despite rounding in m.
     n = max(1, math.ceil(step - 1e-6))
-    chunks = _threads(out.shape[0], out.shape[1])
     h, w = out.shape
+    chunks = _chunks(h, w)
     # Off-diagonal terms that move no sample by a millionth of a pixel are rounding (cos and
     # sin of a multiple of 90°, as a 180° CROTA gives): the matrix is a scale or a mirror.
     flat, pitch = _rows(src)
-    if abs(m[0, 1]) * h < 1e-6 and abs(m[1, 0]) * w < 1e-6:
-        ax, bx, ay, by = m[0, 0], m[0, 2], m[1, 1], m[1, 2]
-        _warp_separable(flat, pitch, src.shape[1], ax, bx, ay, by, n, out, alpha, chunks)
-    else:
-        _warp_general(src, flat, pitch, m, n, out, alpha, chunks)
+    with numba.parallel_chunksize(1):
+        if abs(m[0, 1]) * h < 1e-6 and abs(m[1, 0]) * w < 1e-6:
+            ax, bx, ay, by = m[0, 0], m[0, 2], m[1, 1], m[1, 2]
+            _warp_separable(flat, pitch, src.shape[1], ax, bx, ay, by, n, out, alpha, chunks)
+        else:
+            _warp_general(src, flat, pitch, m, n, out, alpha, chunks)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -688,6 +695,7 @@ def radial_mask(alpha: U8Array, cx: float, cy: float, r_in: float, r_out: float)
 # waking (a thread start costs ~10 µs, a pixel ~1 ns).
 _RGB_SHIFTS = tuple(k for k in range(0, 32, 8) if k != _ALPHA_SHIFT)
 _MIN_PIXELS_PER_THREAD = 1 << 16
+_CHUNKS_PER_THREAD = 32
 _U = np.uint32
 
 
@@ -762,6 +770,14 @@ def _threads(rows: int, width: int) -> int:
     """Row chunks to run in parallel: one per thread, but no thread for a sliver of work."""
     # numba.get_num_threads inside a kernel would stop numba caching it.
     return max(1, min(numba.get_num_threads(), rows, rows * width // _MIN_PIXELS_PER_THREAD))
+
+
+def _chunks(rows: int, width: int) -> int:
+    """Row chunks for a kernel run under parallel_chunksize(1), which hands them out one at a
+    time to whichever thread is free: several per thread, so one the OS deschedules (cores
+    shared with other work) holds the rest up by a chunk rather than by its whole share."""
+    threads = _threads(rows, width)
+    return 1 if threads == 1 else min(rows, threads * _CHUNKS_PER_THREAD)
 
 
 def _words(a: U8Array) -> U32Array:
