@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import numba
 import numpy as np
 from PIL import Image
 from scipy import ndimage  # type: ignore[import-untyped]
@@ -67,6 +68,16 @@ def _warp_case(report: Report, aia: np.ndarray, name: str, m: np.ndarray, size: 
     report.add(f"affine {name} vs scipy (p50)", ours["p50_ms"], "ms",
                baseline_name="scipy affine_transform order=1", baseline_value=scipy["p50_ms"],
                scipy=scipy)  # fmt: skip
+    # Whether the second thread pays: the same warp on one.
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        single = percentiles(repeat(lambda: warp_affine(aia, m, out, alpha), 7))
+    finally:
+        numba.set_num_threads(threads)
+    report.add(f"affine {name} on {threads} threads vs 1 (p50)", ours["p50_ms"], "ms",
+               baseline_name="the same on 1 thread", baseline_value=single["p50_ms"],
+               single=single)  # fmt: skip
 
 
 def kernel_figures(report: Report, aia: np.ndarray) -> None:
