@@ -132,10 +132,10 @@ def warp_affine(src: U8Array, m: F64Array, out: U8Array, alpha: U8Array) -> None
     n = max(1, math.ceil(step - 1e-6))
     h, w = out.shape
     chunks = _chunks(h, w)
-    # Off-diagonal terms that move no sample by a millionth of a pixel are rounding (cos and
-    # sin of a multiple of 90°, as a 180° CROTA gives): the matrix is a scale or a mirror.
     flat, pitch = _rows(src)
     with numba.parallel_chunksize(1):
+        # Off-diagonal terms that move no sample by a millionth of a pixel are rounding (cos
+        # and sin of a multiple of 90°, as a 180° CROTA gives): a scale or a mirror.
         if abs(m[0, 1]) * h < 1e-6 and abs(m[1, 0]) * w < 1e-6:
             ax, bx, ay, by = m[0, 0], m[0, 2], m[1, 1], m[1, 2]
             _warp_separable(flat, pitch, src.shape[1], ax, bx, ay, by, n, out, alpha, chunks)
