@@ -131,16 +131,15 @@ def warp_affine(src: U8Array, m: F64Array, out: U8Array, alpha: U8Array) -> None
     # The epsilon keeps an exact 1:1 copy at one sample despite rounding in m.
     n = max(1, math.ceil(step - 1e-6))
     h, w = out.shape
-    chunks = _chunks(h, w)
+    chunks = _threads(h, w)
     flat, pitch = _rows(src)
-    with numba.parallel_chunksize(1):
-        # Off-diagonal terms that move no sample by a millionth of a pixel are rounding (cos
-        # and sin of a multiple of 90°, as a 180° CROTA gives): a scale or a mirror.
-        if abs(m[0, 1]) * h < 1e-6 and abs(m[1, 0]) * w < 1e-6:
-            ax, bx, ay, by = m[0, 0], m[0, 2], m[1, 1], m[1, 2]
-            _warp_separable(flat, pitch, src.shape[1], ax, bx, ay, by, n, out, alpha, chunks)
-        else:
-            _warp_general(src, flat, pitch, m, n, out, alpha, chunks)
+    # Off-diagonal terms that move no sample by a millionth of a pixel are rounding (cos and
+    # sin of a multiple of 90°, as a 180° CROTA gives): the matrix is a scale or a mirror.
+    if abs(m[0, 1]) * h < 1e-6 and abs(m[1, 0]) * w < 1e-6:
+        ax, bx, ay, by = m[0, 0], m[0, 2], m[1, 1], m[1, 2]
+        _warp_separable(flat, pitch, src.shape[1], ax, bx, ay, by, n, out, alpha, chunks)
+    else:
+        _warp_general(src, flat, pitch, m, n, out, alpha, chunks)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -695,7 +694,6 @@ def radial_mask(alpha: U8Array, cx: float, cy: float, r_in: float, r_out: float)
 # waking (a thread start costs ~10 µs, a pixel ~1 ns).
 _RGB_SHIFTS = tuple(k for k in range(0, 32, 8) if k != _ALPHA_SHIFT)
 _MIN_PIXELS_PER_THREAD = 1 << 16
-_CHUNKS_PER_THREAD = 32
 _U = np.uint32
 
 
@@ -770,14 +768,6 @@ def _threads(rows: int, width: int) -> int:
     """Row chunks to run in parallel: one per thread, but no thread for a sliver of work."""
     # numba.get_num_threads inside a kernel would stop numba caching it.
     return max(1, min(numba.get_num_threads(), rows, rows * width // _MIN_PIXELS_PER_THREAD))
-
-
-def _chunks(rows: int, width: int) -> int:
-    """Row chunks for a kernel run under parallel_chunksize(1), which hands them out one at a
-    time to whichever thread is free: several per thread, so one the OS deschedules (cores
-    shared with other work) holds the rest up by a chunk rather than by its whole share."""
-    threads = _threads(rows, width)
-    return 1 if threads == 1 else min(rows, threads * _CHUNKS_PER_THREAD)
 
 
 def _words(a: U8Array) -> U32Array:
