@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import numba
 import numpy as np
 from PIL import Image
 from scipy import ndimage  # type: ignore[import-untyped]
@@ -67,16 +68,32 @@ def _warp_case(report: Report, aia: np.ndarray, name: str, m: np.ndarray, size: 
     report.add(f"affine {name} vs scipy (p50)", ours["p50_ms"], "ms",
                baseline_name="scipy affine_transform order=1", baseline_value=scipy["p50_ms"],
                scipy=scipy)  # fmt: skip
+    # Whether the second thread pays: the same warp on one.
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        single = percentiles(repeat(lambda: warp_affine(aia, m, out, alpha), 7))
+    finally:
+        numba.set_num_threads(threads)
+    report.add(f"affine {name} on {threads} threads vs 1 (p50)", ours["p50_ms"], "ms",
+               baseline_name="the same on 1 thread", baseline_value=single["p50_ms"],
+               single=single)  # fmt: skip
 
 
 def kernel_figures(report: Report, aia: np.ndarray) -> None:
     n = aia.shape[0]
     # Rotation-free (every AIA/SWAP/EIT/HMI layer): native scale with a subpixel shift, a shrink
-    # with 2×2 supersampling; then rotated (LASCO/COR), at native scale and shrinking.
+    # with 2×2 supersampling, the screenshot's AIA scale, a 180° turn; then rotated (LASCO/COR),
+    # at native scale and shrinking.
     shift = np.array([[1.0, 0.0, 0.3], [0.0, 1.0, -0.45]])
     _warp_case(report, aia, "4096² scale 1, subpixel shift", shift, n)
     shrink = np.array([[1.9, 0.0, 0.3], [0.0, 1.9, 0.2]])
     _warp_case(report, aia, "4096² → 2048² scale 1.9, 2×2 supersampled", shrink, n // 2)
+    # The AIA layer of a default screenshot: 1.0088 reduced pixels per output pixel.
+    aia_layer = np.array([[1.0088, 0.0, 1.7], [0.0, 1.0088, -2.2]])
+    _warp_case(report, aia, "4096² → 4060² scale 1.0088, 2×2 supersampled", aia_layer, 4060)
+    # HMI-style CROTA 180°: cos and sin leave 1e-16 off the diagonal; a mirror of both axes.
+    _warp_case(report, aia, "4096² rotate 180°", _rotation(180.0, 1.0, n), n)
     _warp_case(report, aia, "4096² rotate 10°", _rotation(10.0, 1.0, n), n)
     _warp_case(report, aia, "4096² → 2048² rotate 10°, 2×2 supersampled",
                _rotation(10.0, 1.9, n), n // 2)  # fmt: skip

@@ -56,6 +56,37 @@ def test_shrinking_averages_the_footprint_instead_of_aliasing() -> None:
     assert abs(core.mean() - 127.5) < 6
 
 
+@pytest.mark.parametrize(("deg", "scale"), [(10.0, 1.0), (-7.4, 1.3), (100.0, 2.2)])
+def test_rotation_is_the_mean_of_bilinear_samples_up_to_the_edges(deg: float, scale: float) -> None:
+    # Every output pixel, edges included: value within one grey level, alpha exact.
+    src = np.random.default_rng(7).integers(0, 256, (50, 60), dtype=np.uint8)[1:, 2:]
+    h, w = src.shape
+    m = _rotation(deg, scale, w / 2, h / 2)
+    m[:, 2] -= m[:, :2] @ [35.0, 30.0]  # output (35, 30) on the source centre
+    out, alpha = _warp(src, m, (60, 70))
+    n = max(1, math.ceil(scale - 1e-6))
+    v, u = np.mgrid[0:60, 0:70].astype(float)
+    total = np.zeros((60, 70))
+    hits = np.zeros((60, 70))
+    for j in range(n):
+        for i in range(n):
+            du, dv = (i + 0.5) / n - 0.5, (j + 0.5) / n - 0.5
+            x = m[0, 0] * (u + du) + m[0, 1] * (v + dv) + m[0, 2]
+            y = m[1, 0] * (u + du) + m[1, 1] * (v + dv) + m[1, 2]
+            inside = (x >= -0.5) & (x < w - 0.5) & (y >= -0.5) & (y < h - 0.5)
+            xs, ys = np.clip(x, 0, w - 1), np.clip(y, 0, h - 1)
+            val = ndimage.map_coordinates(src.astype(float), [ys, xs], order=1, mode="nearest")
+            total += np.where(inside, val, 0)
+            hits += inside
+    ref_alpha = np.floor(hits * 255 / n**2 + 0.5)
+    assert 0 < (alpha == 255).sum() < alpha.size and (alpha == 0).any()
+    assert np.abs(alpha - ref_alpha).max() <= 1
+    covered = hits > 0
+    ref = total[covered] / hits[covered]
+    assert np.abs(out[covered] - ref).max() <= 1
+    assert (out[~covered] == 0).all()
+
+
 def test_coverage_is_the_fraction_of_the_footprint_inside_the_source() -> None:
     src = np.full((10, 10), 200, np.uint8)
     # Output pixel u covers source [2u - 1.5, 2u + 0.5) horizontally: column 0 half outside.
@@ -137,13 +168,15 @@ def test_supersampled_shrink_is_the_mean_of_bilinear_samples() -> None:
         [[1.0, 0.0, -7.6], [0.0, 1.0, 3.2]],  # ... reaching past both edges
         [[0.7, 0.0, -3.0], [0.0, 0.8, 2.5]],  # enlarging
         [[1.0088, 0.0, 1.7], [0.0, 1.0088, -2.2]],  # the AIA layer of a default screenshot
+        [[1.02, 0.0, -5.4], [0.0, 0.98, 0.2]],  # several runs of consecutive taps per row
         [[1.6, 0.0, -4.0], [0.0, 1.9, -6.5]],  # shrinking: 2×2 samples, partly outside
         [[-1.3, 0.0, 70.0], [0.0, 2.6, 1.0]],  # mirrored, 3×3 samples
+        [[-1.0, 0.0, 80.4], [0.0, -1.0, 66.2]],  # 180°, subpixel shift: the source read backwards
     ],
 )
 def test_unrotated_matrix_takes_the_separable_path_with_the_same_result(m: object) -> None:
     # The general kernel is the reference: a shear of 1e-300 sends it there and changes nothing.
-    from heliostat.imaging.affine import _warp_general
+    from heliostat.imaging.affine import _rows, _warp_general
 
     src = np.random.default_rng(4).integers(0, 256, (70, 90), dtype=np.uint8)[3:, 5:]
     mat = np.asarray(m, np.float64)
@@ -153,15 +186,27 @@ def test_unrotated_matrix_takes_the_separable_path_with_the_same_result(m: objec
     ref_alpha = np.empty_like(out)
     tilted = mat.copy()
     tilted[0, 1] = 1e-300
-    _warp_general(src, tilted, n, ref, ref_alpha, 2)
+    flat, pitch = _rows(src)
+    _warp_general(src, flat, pitch, tilted, n, ref, ref_alpha, 2)
     assert np.array_equal(alpha, ref_alpha)
     assert (alpha == 255).sum() > 1000
     assert np.abs(out.astype(int) - ref).max() <= 1
     assert (out[alpha == 0] == 0).all()
 
 
+def test_rotation_by_180_degrees_is_an_exact_flip() -> None:
+    # cos and sin of 180° leave off-diagonal terms of 1e-16: still a flip, at copy speed.
+    src = np.random.default_rng(6).integers(0, 256, (70, 90), dtype=np.uint8)[2:, 3:]
+    h, w = src.shape
+    m = _rotation(180.0, 1.0, w - 1, h - 1)
+    assert m[0, 1] != 0.0
+    out, alpha = _warp(src, m, src.shape)
+    assert np.array_equal(out, src[::-1, ::-1])
+    assert alpha.min() == 255
+
+
 def test_warp_is_the_same_on_one_thread_or_many() -> None:
-    from heliostat.imaging.affine import _warp_general, _warp_separable
+    from heliostat.imaging.affine import _rows, _warp_general, _warp_separable
 
     src = np.random.default_rng(5).integers(0, 256, (300, 300), dtype=np.uint8)
     m = _rotation(10.0, 1.2, 30.0, -20.0)
@@ -169,11 +214,12 @@ def test_warp_is_the_same_on_one_thread_or_many() -> None:
     for chunks in (1, 3):
         out = np.empty((256, 256), np.uint8)
         alpha = np.empty_like(out)
-        _warp_general(src, m, 2, out, alpha, chunks)
+        flat, pitch = _rows(src)
+        _warp_general(src, flat, pitch, m, 2, out, alpha, chunks)
         outs.append((out, alpha))
         out = np.empty((256, 256), np.uint8)
         alpha = np.empty_like(out)
-        _warp_separable(src, 1.2, 0.5, 1.2, -0.5, 2, out, alpha, chunks)
+        _warp_separable(flat, pitch, 300, 1.2, 0.5, 1.2, -0.5, 2, out, alpha, chunks)
         outs.append((out, alpha))
     for a, b in zip(outs[:2], outs[2:], strict=True):
         assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])

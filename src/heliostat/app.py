@@ -31,7 +31,6 @@ from heliostat.imaging import difference, encode
 from heliostat.imaging.affine import blend_over, radial_mask, warp_affine
 from heliostat.imaging.compose import Compositor
 from heliostat.imaging.decode import JP2Reader
-from heliostat.imaging.resample import resample
 from heliostat.imaging.tiles import FORMATS, Tile, TileRenderer
 from heliostat.screenshots import overlays as ov
 from heliostat.screenshots.layers import parse_layers
@@ -143,8 +142,12 @@ class Heliostat:
         src = np.arange(64, dtype=np.uint8).reshape(8, 8)
         out = np.empty((4, 4), np.uint8)
         alpha = np.empty((4, 4), np.uint8)
-        resample(src, 0.0, 0.0, 1.5, 1.5, out, alpha)
-        resample(src[1:, 1:], 0.0, 0.0, 1.5, 1.5, out, alpha)  # strided views of cached images
+        scale = np.array([[1.5, 0.0, 0.25], [0.0, 1.5, 0.25]])
+        warp_affine(src, scale, out, alpha)
+        warp_affine(src[1:, 1:], scale, out, alpha)  # strided views of cached images
+        cached = src.copy()
+        cached.flags.writeable = False  # the decoder cache's images are read-only
+        warp_affine(cached[1:, 1:], scale, out, alpha)
         rot = np.array([[0.9, -0.4, 1.0], [0.4, 0.9, 0.5]])
         warp_affine(src, rot, out, alpha)
         warp_affine(src[1:, 1:], rot * 2, out, alpha)

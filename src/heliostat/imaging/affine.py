@@ -11,11 +11,17 @@ JPEG 2000 ``reduce`` has done the power-of-two part of any shrink, so ``n`` is 1
 practice (4 samples at most per pixel). Samples whose position falls outside the source count as
 transparent: the output alpha is the covered fraction of the footprint.
 
-Without rotation the same mean of bilinear samples factors into a vertical and a horizontal pass
-with per-row and per-column weight tables (_warp_separable), which vectorise: 5–10× the speed of
-the per-pixel path, within one grey level of it and with the same alpha. Rotated matrices take
-the per-pixel path (_warp_general). A three-shear or two-pass decomposition of the rotation was
-not adopted: it is not bilinear sampling, so it would not stay within one grey level of it.
+Without rotation (off-diagonal terms below a millionth of a pixel: a 180° CROTA is a mirror of
+both axes) the same mean of bilinear samples factors into a vertical and a horizontal pass with
+per-row and per-column weight tables (_warp_separable), within one grey level of the per-pixel
+path and with the same alpha. The vertical pass weights whole source rows into a float row; the
+horizontal one reads that row with vector loads along runs of columns whose taps are
+consecutive (any step near ±1: every native-scale layer), and gathers elsewhere. Tiles and
+screenshots both resample through it. Rotated matrices take the per-pixel path
+(_warp_general), whose interior pixels go through vectorised position and bilinear passes
+around one scalar fetch of the four neighbours. A three-shear or two-pass decomposition of the
+rotation was not adopted: it is not bilinear sampling, so it would not stay within one grey
+level of it.
 
 ``blend_over`` draws one straight-alpha RGBA layer over a straight-alpha RGBA canvas, Porter–Duff
 OVER, the way Helioviewer stacks screenshot layers: branch-free loops over 32-bit pixels that
@@ -39,6 +45,7 @@ U32Array = npt.NDArray[np.uint32]
 F32Array = npt.NDArray[np.float32]
 F64Array = npt.NDArray[np.float64]
 I64Array = npt.NDArray[np.int64]
+I32Array = npt.NDArray[np.int32]
 
 # The alpha byte's bits within a native-endian uint32 RGBA word.
 _ALPHA_SHIFT = 24 if sys.byteorder == "little" else 0
@@ -47,6 +54,9 @@ _RGB_BITS = 0xFFFFFFFF ^ _ALPHA_BITS
 # Fractional bits of the fixed-point source positions.
 _FIX = 32
 _ONE = float(1 << _FIX)
+# Index type of the hot loops: numba wraps negative indices, a test per load that stops LLVM
+# vectorising a loop; an unsigned index has none.
+_I = np.uint64
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -71,21 +81,6 @@ def _bilinear(src: U8Array, x: float, y: float) -> float:
 @numba.njit(cache=True, nogil=True, inline="always")
 def _fixed(x: float) -> int:
     return math.floor(x * _ONE + 0.5)
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def _bilinear_fixed(src: U8Array, sx: int, sy: int) -> int:
-    """Bilinear sample ×65536 at 32.32 fixed-point (sx, sy), both neighbours inside."""
-    xi = sx >> _FIX
-    yi = sy >> _FIX
-    fx = (sx >> (_FIX - 8)) & 0xFF
-    fy = (sy >> (_FIX - 8)) & 0xFF
-    p = np.int64(src[yi, xi])
-    q = np.int64(src[yi + 1, xi])
-    top = (p << 8) + (np.int64(src[yi, xi + 1]) - p) * fx
-    bottom = (q << 8) + (np.int64(src[yi + 1, xi + 1]) - q) * fx
-    # Rounded here rather than by the caller: a single sample then needs no division.
-    return int((top << 8) + (bottom - top) * fy + 32768)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -135,11 +130,16 @@ def warp_affine(src: U8Array, m: F64Array, out: U8Array, alpha: U8Array) -> None
     step = max(math.hypot(m[0, 0], m[1, 0]), math.hypot(m[0, 1], m[1, 1]))
     # The epsilon keeps an exact 1:1 copy at one sample despite rounding in m.
     n = max(1, math.ceil(step - 1e-6))
-    chunks = _threads(out.shape[0], out.shape[1])
-    if m[0, 1] == 0.0 and m[1, 0] == 0.0:
-        _warp_separable(src, m[0, 0], m[0, 2], m[1, 1], m[1, 2], n, out, alpha, chunks)
+    h, w = out.shape
+    chunks = _threads(h, w)
+    flat, pitch = _rows(src)
+    # Off-diagonal terms that move no sample by a millionth of a pixel are rounding (cos and
+    # sin of a multiple of 90°, as a 180° CROTA gives): the matrix is a scale or a mirror.
+    if abs(m[0, 1]) * h < 1e-6 and abs(m[1, 0]) * w < 1e-6:
+        ax, bx, ay, by = m[0, 0], m[0, 2], m[1, 1], m[1, 2]
+        _warp_separable(flat, pitch, src.shape[1], ax, bx, ay, by, n, out, alpha, chunks)
     else:
-        _warp_general(src, m, n, out, alpha, chunks)
+        _warp_general(src, flat, pitch, m, n, out, alpha, chunks)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -185,9 +185,24 @@ def _axis_taps(
     return first, weights, inside
 
 
+def _rows(a: U8Array) -> tuple[U8Array, int]:
+    """``a`` (h, w) as one contiguous run of bytes and its row pitch. Numba vectorises a loop
+    over a row of that; over a row of a strided 2-D view (a window of a cached image) it cannot
+    know the step is one byte."""
+    if a.strides[1] != 1 or a.strides[0] < a.shape[1] or a.size == 0:
+        a = np.ascontiguousarray(a)
+    h, w = a.shape
+    pitch = a.strides[0] if h else w
+    size = (h - 1) * pitch + w if h else 0
+    flat = np.lib.stride_tricks.as_strided(a, (size,), (1,), writeable=a.flags.writeable)
+    return flat, pitch
+
+
 @numba.njit(cache=True, nogil=True, parallel=True)
 def _warp_separable(
     src: U8Array,
+    pitch: int,
+    w_src: int,
     ax: float,
     bx: float,
     ay: float,
@@ -197,10 +212,10 @@ def _warp_separable(
     alpha: U8Array,
     chunks: int,
 ) -> None:
-    """x = ax·u + bx, y = ay·v + by: the n × n supersampled bilinear mean factors into a
-    vertical pass (whole source rows weighted into one float row, plain SIMD) and a horizontal
-    one with per-column taps; a unit horizontal step has the same taps for every column."""
-    h_src, w_src = src.shape
+    """x = ax·u + bx, y = ay·v + by over ``src``, rows of ``w_src`` bytes ``pitch`` apart: the
+    n × n supersampled bilinear mean factors into a vertical pass (whole source rows weighted
+    into one float row, plain SIMD) and a horizontal one with per-column taps."""
+    h_src = (src.size - w_src) // pitch + 1 if src.size else 0
     h_out, w_out = out.shape
     fx, wx, cx = _axis_taps(w_out, w_src, ax, bx, n)
     fy, wy, cy = _axis_taps(h_out, h_src, ay, by, n)
@@ -210,39 +225,83 @@ def _warp_separable(
     for k in range(n + 1):
         for u in range(w_out):
             alpha_rows[k, u] = cover[cx[u] * k]
-    tx = wx.shape[1]
     lo = fx.min()
-    hi = min(fx.max() + tx, w_src)
-    # A unit step and one sample: columns [ua, ub), whose two neighbours both exist, share one
-    # pair of weights and read tmp[u + shift] and the next, a plain vector lerp.
-    ua = ub = w_out
-    if n == 1 and ax == 1.0:
-        base = math.floor(bx)
-        ua = min(max(-base, 0), w_out)
-        ub = max(min(w_src - 1 - base, w_out), ua)
-    shift = math.floor(bx) - lo
+    hi = min(fx.max() + wx.shape[1], w_src)
+    first = (fx - lo).astype(np.uint32)
+    wt = np.ascontiguousarray(wx.T)
+    # One sample a pixel with both neighbours inside: the weights of tmp[first[u]] and the
+    # next are 1 − w and w, w = the position's fraction, linear in u along a run.
+    linear = np.zeros(w_out, np.bool_)
+    frac = np.zeros(w_out, np.float64)
+    if n == 1:
+        for u in range(w_out):
+            x = ax * u + bx
+            linear[u] = 0.0 <= x < w_src - 1
+            frac[u] = x - fx[u]
+    runs = _runs(first, linear)
     for c in numba.prange(chunks):
         _separable_rows(
-            src, fx, wx, cx, fy, wy, cy, alpha_rows, lo, hi, ua, ub, shift, out, alpha,
+            src, pitch, first, wt, runs, frac, ax, fy, wy, cy, alpha_rows, lo, hi, out, alpha,
             c * h_out // chunks, (c + 1) * h_out // chunks,
         )  # fmt: skip
+
+
+# Columns in a row whose first taps are consecutive before a run reads them as vectors.
+_MIN_RUN = 16
+
+
+@numba.njit(cache=True, nogil=True)
+def _runs(first: U32Array, linear: npt.NDArray[np.bool_]) -> I64Array:
+    """Column ranges (start, end, kind) covering the row in order. Kinds 1 and 2: first[u] − u
+    is constant for at least _MIN_RUN columns (any step within 1/_MIN_RUN of 1: every
+    native-scale layer), so the taps are plain vector loads; 2 where ``linear`` too (the
+    weights then follow the position and need no table, whose loads would not fit in L1 beside
+    the row). Kind 3: linear with first[u] + u constant, a mirrored axis (a 180° rotation).
+    Kind 0: gathered."""
+    runs = np.empty((first.size + 1, 3), np.int64)
+    count = 0
+    u = 0
+    gather_from = 0
+    while u < first.size:
+        kind = 2 if linear[u] else 1
+        e = u + 1
+        f = np.int64(first[u])
+        while e < first.size and first[e] - e == f - u and linear[e] == linear[u]:
+            e += 1
+        if e - u < _MIN_RUN and linear[u]:
+            kind = 3
+            e = u + 1
+            while e < first.size and first[e] + e == f + u and linear[e]:
+                e += 1
+        if e - u >= _MIN_RUN:
+            if gather_from < u:
+                runs[count] = (gather_from, u, 0)
+                count += 1
+            runs[count] = (u, e, kind)
+            count += 1
+            gather_from = e
+        u = e
+    if gather_from < first.size:
+        runs[count] = (gather_from, first.size, 0)
+        count += 1
+    return runs[:count]
 
 
 @numba.njit(cache=True, nogil=True, fastmath=True, boundscheck=False)
 def _separable_rows(
     src: U8Array,
-    fx: I64Array,
-    wx: F32Array,
-    cx: I64Array,
+    pitch: int,
+    first: U32Array,
+    wt: F32Array,
+    runs: I64Array,
+    frac: F64Array,
+    ax: float,
     fy: I64Array,
     wy: F32Array,
     cy: I64Array,
     alpha_rows: U8Array,
     lo: int,
     hi: int,
-    ua: int,
-    ub: int,
-    shift: int,
     out: U8Array,
     alpha: U8Array,
     v0: int,
@@ -250,64 +309,183 @@ def _separable_rows(
 ) -> None:
     """Output rows [v0, v1) of _warp_separable."""
     w_out = out.shape[1]
-    tx = wx.shape[1]
-    ty = wy.shape[1]
     # Padding past the source width: taps of edge columns may reach it with weight 0.
-    tmp = np.zeros(fx.max() + tx - lo, np.float32)
-    acc = np.empty(w_out, np.float32)
-    wt = np.ascontiguousarray(wx.T)
-    first = fx - lo
+    tmp = np.zeros(first.max() + wt.shape[0], np.float32)
+    line = tmp[: hi - lo]
     for v in range(v0, v1):
         o = out[v]
-        alpha[v] = alpha_rows[cy[v]]
         if cy[v] == 0:
             o[:] = 0
             continue
-        r0 = fy[v]
-        w = wy[v, 0]
-        row = src[r0, lo:hi]
-        for x in range(row.size):
-            tmp[x] = w * np.float32(row[x])
-        for k in range(1, ty):
-            w = wy[v, k]
-            if w != 0.0:
-                row = src[r0 + k, lo:hi]
-                for x in range(row.size):
-                    tmp[x] += w * np.float32(row[x])
-        # Tap by tap over the whole row (a gather per tap) rather than pixel by pixel. Columns
-        # with no sample inside have all-zero weights and come out 0.
-        _gather_taps(wt[:, :ua], first[:ua], tmp, acc[:ua], o[:ua])
-        _gather_taps(wt[:, ub:], first[ub:], tmp, acc[ub:], o[ub:])
-        if ub > ua:
-            w0 = wx[ua, 0]
-            w1 = wx[ua, 1]
-            left = tmp[ua + shift : ub + shift]
-            right = tmp[ua + shift + 1 : ub + shift + 1]
-            dst = o[ua:ub]
-            for u in range(dst.size):
-                dst[u] = np.uint8(w0 * left[u] + w1 * right[u] + np.float32(0.5))
+        _vertical(src, fy[v] * pitch + lo, pitch, wy[v], line)
+        # Columns with no sample inside have all-zero weights and come out 0.
+        for r in range(runs.shape[0]):
+            u0 = runs[r, 0]
+            u1 = runs[r, 1]
+            kind = runs[r, 2]
+            if kind == 2:
+                _run_lerp(tmp, first[u0], frac[u0], ax - 1.0, o, u0, u1)
+            elif kind == 3:
+                _run_lerp_mirrored(tmp, first[u0], frac[u0], ax + 1.0, o, u0, u1)
+            elif kind == 1:
+                _run_taps(wt, tmp, first[u0], o, u0, u1)
+            else:
+                _gather_taps(wt, first, tmp, o, u0, u1)
+    # Alpha afterwards: written beside the rows above it slows them (cache sets the rows share).
+    # An explicit loop: numba's array-to-array slice assignment does not vectorise.
+    for v in range(v0, v1):
+        a = alpha[v]
+        a_row = alpha_rows[cy[v]]
+        for u in range(w_out):
+            a[u] = a_row[u]
 
 
 @numba.njit(cache=True, nogil=True, fastmath=True, boundscheck=False)
-def _gather_taps(wt: F32Array, first: I64Array, tmp: F32Array, acc: F32Array, o: U8Array) -> None:
-    """o[u] = Σ_k wt[k, u] · tmp[first[u] + k], rounded."""
-    acc[:] = 0.5
-    for k in range(wt.shape[0]):
-        wk = wt[k]
-        for u in range(o.size):
-            acc[u] += wk[u] * tmp[first[u] + k]
-    for u in range(o.size):
-        o[u] = np.uint8(min(acc[u], np.float32(255.0)))
+def _vertical(src: U8Array, start: int, pitch: int, w: F32Array, line: F32Array) -> None:
+    """line = Σ_k w[k] · source row k from ``start``. Zero weights at either end (edge rows, or
+    padding past the last row) are not read; up to three rows in one pass over the line."""
+    n = line.size
+    k0 = 0
+    k1 = w.size
+    while k0 < k1 and w[k0] == 0.0:
+        k0 += 1
+    while k1 > k0 and w[k1 - 1] == 0.0:
+        k1 -= 1
+    if k0 == k1:
+        line[:] = 0.0
+        return
+    a = src[start + k0 * pitch : start + k0 * pitch + n]
+    wa = w[k0]
+    if k1 - k0 == 1:
+        for x in range(n):
+            line[x] = wa * np.float32(a[x])
+        return
+    b = src[start + (k0 + 1) * pitch : start + (k0 + 1) * pitch + n]
+    wb = w[k0 + 1]
+    if k1 - k0 == 2:
+        for x in range(n):
+            line[x] = wa * np.float32(a[x]) + wb * np.float32(b[x])
+        return
+    c = src[start + (k0 + 2) * pitch : start + (k0 + 2) * pitch + n]
+    wc = w[k0 + 2]
+    for x in range(n):
+        line[x] = wa * np.float32(a[x]) + wb * np.float32(b[x]) + wc * np.float32(c[x])
+    for k in range(k0 + 3, k1):
+        r = src[start + k * pitch : start + k * pitch + n]
+        wk = w[k]
+        for x in range(n):
+            line[x] += wk * np.float32(r[x])
+
+
+# Horizontal taps of a run of columns: no array is sliced, as numba takes a reference (an
+# atomic increment) on every slice, which costs more than a short run itself.
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True, boundscheck=False)
+def _run_lerp(t: F32Array, j: int, w: float, slope: float, o: U8Array, u0: int, u1: int) -> None:
+    """o[u] = lerp(t[i], t[i + 1], w + slope·(u − u0)), i = j + u − u0, rounded, u in [u0, u1).
+    The weight is a float induction (LLVM vectorises it) rather than converted from u: half the
+    time."""
+    wu = np.float32(w)
+    dw = np.float32(slope)
+    ti = _I(j)
+    oi = _I(u0)
+    for k in range(_I(u1 - u0)):
+        a = t[ti + k]
+        o[oi + k] = np.int32(a + wu * (t[ti + k + _I(1)] - a) + np.float32(0.5))
+        wu += dw
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True, boundscheck=False)
+def _run_lerp_mirrored(
+    t: F32Array, j: int, w: float, slope: float, o: U8Array, u0: int, u1: int
+) -> None:
+    """_run_lerp with i = j − (u − u0): the source read backwards."""
+    wu = np.float32(w)
+    dw = np.float32(slope)
+    ti = _I(j)
+    oi = _I(u0)
+    for k in range(_I(u1 - u0)):
+        a = t[ti - k]
+        o[oi + k] = np.int32(a + wu * (t[ti - k + _I(1)] - a) + np.float32(0.5))
+        wu += dw
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True, boundscheck=False)
+def _run_taps(wt: F32Array, t: F32Array, j: int, o: U8Array, u0: int, u1: int) -> None:
+    """o[u] = Σ_k wt[k, u] · t[j + u − u0 + k], rounded, for u in [u0, u1)."""
+    n = _I(u1 - u0)
+    ti = _I(j)
+    oi = _I(u0)
+    if wt.shape[0] == 2:
+        w0 = wt[0]
+        w1 = wt[1]
+        for k in range(n):
+            i = ti + k
+            u = oi + k
+            o[u] = np.int32(w0[u] * t[i] + w1[u] * t[i + _I(1)] + np.float32(0.5))
+        return
+    if wt.shape[0] == 3:
+        w0 = wt[0]
+        w1 = wt[1]
+        w2 = wt[2]
+        for k in range(n):
+            i = ti + k
+            u = oi + k
+            acc = w0[u] * t[i] + w1[u] * t[i + _I(1)] + w2[u] * t[i + _I(2)]
+            o[u] = np.int32(acc + np.float32(0.5))
+        return
+    for k in range(n):
+        i = ti + k
+        u = oi + k
+        acc = np.float32(0.5)
+        for tap in range(wt.shape[0]):
+            acc += wt[tap, u] * t[i + _I(tap)]
+        o[u] = np.int32(min(acc, np.float32(255.0)))
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True, boundscheck=False)
+def _gather_taps(wt: F32Array, first: U32Array, t: F32Array, o: U8Array, u0: int, u1: int) -> None:
+    """o[u] = Σ_k wt[k, u] · t[first[u] + k], rounded, for u in [u0, u1)."""
+    if wt.shape[0] == 2:
+        w0 = wt[0]
+        w1 = wt[1]
+        for u in range(_I(u0), _I(u1)):
+            i = _I(first[u])
+            o[u] = np.int32(w0[u] * t[i] + w1[u] * t[i + _I(1)] + np.float32(0.5))
+        return
+    if wt.shape[0] == 3:
+        w0 = wt[0]
+        w1 = wt[1]
+        w2 = wt[2]
+        for u in range(_I(u0), _I(u1)):
+            i = _I(first[u])
+            acc = w0[u] * t[i] + w1[u] * t[i + _I(1)] + w2[u] * t[i + _I(2)]
+            o[u] = np.int32(acc + np.float32(0.5))
+        return
+    for u in range(_I(u0), _I(u1)):
+        i = _I(first[u])
+        acc = np.float32(0.5)
+        for tap in range(wt.shape[0]):
+            acc += wt[tap, u] * t[i + _I(tap)]
+        o[u] = np.int32(min(acc, np.float32(255.0)))
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
 def _warp_general(
-    src: U8Array, m: F64Array, n: int, out: U8Array, alpha: U8Array, chunks: int
+    src: U8Array,
+    flat: U8Array,
+    pitch: int,
+    m: F64Array,
+    n: int,
+    out: U8Array,
+    alpha: U8Array,
+    chunks: int,
 ) -> None:
     """Any affine: n × n bilinear samples a pixel. Pixels whose whole footprint is inside the
     source take a fixed-point path (positions in 32.32, bilinear weights in 8 bits: 2× the speed
     of floating point, within one grey level of it); the rest a floating-point path with edge
-    tests."""
+    tests. ``flat`` and ``pitch`` are ``src`` as _rows gives it, for the fixed-point path."""
     h_out = out.shape[0]
     count = n * n
     off_x = np.empty(count, np.float64)
@@ -334,7 +512,7 @@ def _warp_general(
     my = np.abs(off_y).max()
     for c in numba.prange(chunks):
         _general_rows(
-            src, m, off_x, off_y, fix_x, fix_y, scale, cover, mx, my, out, alpha,
+            src, flat, pitch, m, off_x, off_y, fix_x, fix_y, scale, cover, mx, my, out, alpha,
             c * h_out // chunks, (c + 1) * h_out // chunks,
         )  # fmt: skip
 
@@ -342,6 +520,8 @@ def _warp_general(
 @numba.njit(cache=True, nogil=True, boundscheck=False)
 def _general_rows(
     src: U8Array,
+    flat: U8Array,
+    pitch: int,
     m: F64Array,
     off_x: F64Array,
     off_y: F64Array,
@@ -363,6 +543,14 @@ def _general_rows(
     inv = 1.0 / (count * 65536.0)
     ax = _fixed(m[0, 0])
     ay = _fixed(m[1, 0])
+    # Interior pixels of a row go in three passes over these: positions (vector arithmetic),
+    # fetches of the four neighbours (the only scalar pass), then the bilinear sums (vector
+    # arithmetic). One loop doing all three does not vectorise and takes twice as long.
+    idx = np.empty(w_out, np.int64)
+    fxs = np.empty(w_out, np.int32)
+    fys = np.empty(w_out, np.int32)
+    quads = np.empty(w_out, np.uint32)
+    acc = np.empty(w_out, np.int64)
     for v in range(v0, v1):
         row_x = m[0, 1] * v + m[0, 2]
         row_y = m[1, 1] * v + m[1, 2]
@@ -371,33 +559,117 @@ def _general_rows(
         xa, xb = _span(m[0, 0], row_x, mx, w_src - 1.001 - mx, w_out)
         ya, yb = _span(m[1, 0], row_y, my, h_src - 1.001 - my, w_out)
         ua, ub = max(xa, ya), min(xb, yb)
+        # Outside [oa, ob) every sample misses the source: transparent without a test a sample.
+        xa, xb = _span(m[0, 0], row_x, -0.5 - mx, w_src - 0.5 + mx, w_out)
+        ya, yb = _span(m[1, 0], row_y, -0.5 - my, h_src - 0.5 + my, w_out)
+        oa = min(max(max(xa, ya) - 1, 0), w_out)
+        ob = min(max(min(xb, yb) + 1, 0), w_out)
         if ua >= ub:
-            ua = ub = w_out
-        for u in range(ua):
+            ua = ub = max(oa, min(ob, w_out))
+        oa = min(oa, ua)
+        ob = max(ob, ub)
+        for u in range(_I(0), _I(oa)):
+            o[u] = 0
+            a[u] = 0
+        for u in range(_I(ob), _I(w_out)):
+            o[u] = 0
+            a[u] = 0
+        for u in range(oa, ua):
             o[u], a[u] = _edge_pixel(
                 src, row_x + m[0, 0] * u, row_y + m[1, 0] * u, off_x, off_y, scale, cover
             )
         # Half a weight step added once rounds the positions to the nearest 1/256 pixel.
         px = _fixed(row_x + m[0, 0] * ua) + (1 << (_FIX - 9))
         py = _fixed(row_y + m[1, 0] * ua) + (1 << (_FIX - 9))
-        a[ua:ub] = 255
-        if count == 1:
-            for u in range(ua, ub):
-                o[u] = _bilinear_fixed(src, px, py) >> 16
-                px += ax
-                py += ay
-        else:
-            for u in range(ua, ub):
-                acc = 0
-                for k in range(count):
-                    acc += _bilinear_fixed(src, px + fix_x[k], py + fix_y[k])
-                o[u] = int(acc * inv)
-                px += ax
-                py += ay
-        for u in range(ub, w_out):
+        for u in range(_I(ua), _I(ub)):
+            a[u] = 255
+        n_in = ub - ua
+        for k in range(count):
+            _positions(px + fix_x[k], py + fix_y[k], ax, ay, pitch, idx, fxs, fys, n_in)
+            _fetch(flat, pitch, idx, quads, n_in)
+            if count == 1:
+                _bilinear_run(quads, fxs, fys, n_in, o, ua)
+            else:
+                _accumulate(quads, fxs, fys, n_in, acc, k == 0)
+        if count > 1:
+            for i in range(n_in):
+                o[_I(ua) + _I(i)] = np.int32(acc[i] * inv)
+        for u in range(ub, ob):
             o[u], a[u] = _edge_pixel(
                 src, row_x + m[0, 0] * u, row_y + m[1, 0] * u, off_x, off_y, scale, cover
             )
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True, boundscheck=False)
+def _positions(
+    px: int,
+    py: int,
+    ax: int,
+    ay: int,
+    pitch: int,
+    idx: I64Array,
+    fxs: I32Array,
+    fys: I32Array,
+    n: int,
+) -> None:
+    """For samples i < n at 32.32 (px + i·ax, py + i·ay): the index of the top-left neighbour in
+    rows ``pitch`` apart, and the 8-bit weights of the right and lower ones."""
+    for i in range(n):
+        sx = px + ax * i
+        sy = py + ay * i
+        idx[i] = (sy >> _FIX) * pitch + (sx >> _FIX)
+        fxs[i] = (sx >> (_FIX - 8)) & 0xFF
+        fys[i] = (sy >> (_FIX - 8)) & 0xFF
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=False)
+def _fetch(src: U8Array, pitch: int, idx: I64Array, quads: U32Array, n: int) -> None:
+    """quads[i]: the four neighbours from idx[i] as the bytes of one word, left to right, top
+    to bottom."""
+    down = _I(pitch)
+    one = _I(1)
+    for i in range(n):
+        j = _I(idx[i])
+        quads[i] = (
+            _U(src[j])
+            | _U(src[j + one]) << _U(8)
+            | _U(src[j + down]) << _U(16)
+            | _U(src[j + down + one]) << _U(24)
+        )
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _bilinear_quad(q: np.uint32, fx: np.int32, fy: np.int32) -> np.int32:
+    """Bilinear sample ×65536, rounded, of the neighbours packed in q with 8-bit weights."""
+    p = np.int32(q & _U(0xFF))
+    r = np.int32((q >> _U(8)) & _U(0xFF))
+    s = np.int32((q >> _U(16)) & _U(0xFF))
+    t = np.int32(q >> _U(24))
+    top = (p << 8) + (r - p) * fx
+    bottom = (s << 8) + (t - s) * fx
+    return (top << 8) + (bottom - top) * fy + np.int32(32768)
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True, boundscheck=False)
+def _bilinear_run(
+    quads: U32Array, fxs: I32Array, fys: I32Array, n: int, o: U8Array, u0: int
+) -> None:
+    """o[u0 + i] = the bilinear samples, i < n."""
+    for i in range(n):
+        o[_I(u0) + _I(i)] = _bilinear_quad(quads[i], fxs[i], fys[i]) >> 16
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True, boundscheck=False)
+def _accumulate(
+    quads: U32Array, fxs: I32Array, fys: I32Array, n: int, acc: I64Array, first: bool
+) -> None:
+    """acc[i] (+)= the bilinear samples ×65536, i < n."""
+    if first:
+        for i in range(n):
+            acc[i] = _bilinear_quad(quads[i], fxs[i], fys[i])
+    else:
+        for i in range(n):
+            acc[i] += _bilinear_quad(quads[i], fxs[i], fys[i])
 
 
 @numba.njit(cache=True, nogil=True)

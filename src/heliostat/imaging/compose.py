@@ -46,7 +46,6 @@ from heliostat.imaging.decode import (
     reduced_size,
 )
 from heliostat.imaging.difference import difference
-from heliostat.imaging.resample import resample
 
 U8Array = npt.NDArray[np.uint8]
 F64Array = npt.NDArray[np.float64]
@@ -181,12 +180,7 @@ def sample_onto(
         raise DataLoss(f"image {record.id} cannot be decoded: {e}", field="image_id") from None
     m[0, 2] -= x0
     m[1, 2] -= y0
-    if m[0, 1] == 0.0 and m[1, 0] == 0.0:
-        # resample's sample position is x0 + (u + 0.5)·sx − 0.5; ours is m00·u + m02.
-        sx, sy = float(m[0, 0]), float(m[1, 1])
-        resample(src, m[0, 2] + 0.5 - 0.5 * sx, m[1, 2] + 0.5 - 0.5 * sy, sx, sy, out, alpha)
-    else:
-        warp_affine(src, m, out, alpha)
+    warp_affine(src, m, out, alpha)
     return reduce, True, info.palette
 
 

@@ -26,6 +26,7 @@ from heliostat.archive import sources
 from heliostat.catalog.records import ImageRecord
 from heliostat.errors import DataLoss, FailedPrecondition, InvalidArgument, OutOfRange
 from heliostat.imaging import difference, encode
+from heliostat.imaging.affine import warp_affine
 from heliostat.imaging.compose import sample_onto
 from heliostat.imaging.decode import (
     DecodeError,
@@ -34,7 +35,6 @@ from heliostat.imaging.decode import (
     JP2Reader,
     reduced_size,
 )
-from heliostat.imaging.resample import resample
 from heliostat.lru import CacheStats, SizedLRU
 
 TILE_SIZE = 512
@@ -207,7 +207,13 @@ class TileRenderer:
                 if plan.step == 1.0 and plan.x0.is_integer() and plan.y0.is_integer():
                     _copy_window(src, int(plan.x0), int(plan.y0), out, alpha)
                 else:
-                    resample(src, plan.x0, plan.y0, plan.step, plan.step, out, alpha)
+                    # Output pixel u is centred on reduced position x0 + (u + 0.5)·step − 0.5.
+                    s, bx, by = (
+                        plan.step,
+                        plan.x0 + 0.5 * plan.step - 0.5,
+                        plan.y0 + 0.5 * plan.step - 0.5,
+                    )
+                    warp_affine(src, np.array([[s, 0.0, bx], [0.0, s, by]]), out, alpha)
         except FileChangedError as e:
             raise FailedPrecondition(f"{e}; re-ingest it", field="image_id") from None
         except DecodeError as e:
