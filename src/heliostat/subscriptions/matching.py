@@ -331,6 +331,7 @@ class _CollectionIndex:
         # Positions without a spatial qualifier, when known: without a string qualifier, and
         # postings (sorted values, CSR starts, positions) by their first string qualifier.
         self._unboxed: tuple[I64, I64, I64, I64] | None = None
+        self._columns: tuple[npt.NDArray[Any], ...] | None = None
 
     @classmethod
     def of(cls, interner: _Interner, subs: Iterable[Subscription]) -> _CollectionIndex:
@@ -382,6 +383,7 @@ class _CollectionIndex:
         return cls(interner, _Arrays.wrap(_SUB_SPEC, cols), nums, strings)
 
     def _append(self, s: Subscription) -> int:
+        self._columns = None  # views of the old lengths, perhaps of replaced arrays
         q = self._interner
         quals = s.qualifiers
         n_off = self.nums.n
@@ -474,19 +476,27 @@ class _CollectionIndex:
         if len(boxed) and not self._tree_empty:
             qev, qbox = _pieces(boxed, ev.box[boxed])
             intersect: Any = self.tree.intersection_v  # untyped in rtree
-            hits, counts = intersect(qbox[:, :2], qbox[:, 2:])
+            hits, counts = intersect(qbox[:, :2], qbox[:, 2:])  # releases the GIL (ctypes)
             qcount = counts.astype(np.int64)
-        s, n, st = self.subs, self.nums, self.strs
-        e, p = _match_kernel(
+        kernel: Any = _match_kernel  # called with *columns: too loose for the stub
+        e, p = kernel(
             evs, qev, qcount, hits, now_us,
             ev.type, ev.t0, ev.t1, ev.has_box, ev.box, ev.num, ev.str,
-            s.view("alive"), s.view("active"), s.view("expires"), s.view("types"),
-            s.view("has_t"), s.view("t0"), s.view("t1"), s.view("has_box"), s.view("box"),
-            s.view("n_off"), s.view("n_cnt"), n.view("attr"), n.view("min"), n.view("max"),
-            s.view("s_off"), s.view("s_cnt"), st.view("attr"), st.view("val"),
-            scan, keys, starts, postings,
+            *self.columns(), scan, keys, starts, postings,
         )  # fmt: skip
-        return e, s.view("sid")[p]
+        return e, self.subs.view("sid")[p]
+
+    def columns(self) -> tuple[npt.NDArray[Any], ...]:
+        """The kernel's subscription columns (views, kept until the next append)."""
+        if self._columns is None:
+            s, n, st = self.subs, self.nums, self.strs
+            self._columns = (
+                s.view("alive"), s.view("active"), s.view("expires"), s.view("types"),
+                s.view("has_t"), s.view("t0"), s.view("t1"), s.view("has_box"), s.view("box"),
+                s.view("n_off"), s.view("n_cnt"), n.view("attr"), n.view("min"), n.view("max"),
+                s.view("s_off"), s.view("s_cnt"), st.view("attr"), st.view("val"),
+            )  # fmt: skip
+        return self._columns
 
 
 class _Events:

@@ -390,33 +390,32 @@ class SubscriptionStore:
             return []
         first = self._next(txn, _NEXT_EVENT, len(matches))
         out = []
-        # Each matched subscription's (owner prefix, action list), read in key order in one
-        # call; one deleted since it matched has none.
-        wanted = sorted({sid for _, ids in matches for sid in ids})
-        blobs: dict[int, tuple[bytes, bytes, frozenset[int]]] = {
-            _U64.unpack(k)[0]: (blob[1 : blob.index(b"\0") + 1], blob, _disabled(blob))
-            for k, blob in txn.cursor(self._sub_actions).getmulti([_U64.pack(i) for i in wanted])
-        }
+        # Each matched subscription's owner prefix, action list and the packed indexes of its
+        # enabled actions, read in key order in one call; one deleted since it matched has none.
+        sub_keys = {sid: _U64.pack(sid) for sid in sorted({s for _, ids in matches for s in ids})}
+        found = dict(txn.cursor(self._sub_actions).getmulti(list(sub_keys.values())))
+        subs: dict[int, tuple[bytes, bytes, bytes, tuple[bytes, ...]]] = {}
+        for sid, sk in sub_keys.items():
+            blob = found.get(sk)
+            if blob is not None:
+                subs[sid] = (sk, blob[1 : blob.index(b"\0") + 1], blob, _enabled(blob))
         # Built first, then written by putmulti (a C loop).
         events: list[tuple[bytes, bytes]] = []
         actions: list[tuple[bytes, bytes]] = []
-        by_owner: list[tuple[bytes, bytes]] = []
-        pack = _ACTION_KEY.pack
+        by_owner: list[bytes] = []
         for i, (event, sub_ids) in enumerate(matches):
-            eid = first + i
-            events.append((_U64.pack(eid), event_to_bytes(event)))
+            ek = _U64.pack(first + i)
+            events.append((ek, event_to_bytes(event)))
             for sid in sorted(sub_ids):
-                found = blobs.get(sid)
-                if found is None:
+                got = subs.get(sid)
+                if got is None:
                     continue
-                owner_prefix, blob, off = found
-                for k in range(blob[0]):
-                    if k in off:
-                        continue
-                    key = pack(eid, sid, k)
+                sk, owner_prefix, blob, indexes = got
+                for kb in indexes:
+                    key = ek + sk + kb
                     actions.append((key, blob))
-                    by_owner.append((owner_prefix + key, b""))
-            out.append(StoredEvent(eid, event))
+                    by_owner.append(owner_prefix + key)
+            out.append(StoredEvent(first + i, event))
         # Ids only grow, so events and actions append at the end of their trees.
         added = txn.cursor(self._events).putmulti(events, overwrite=False, append=True)[1]
         if added != len(events):
@@ -424,7 +423,7 @@ class SubscriptionStore:
         if txn.cursor(self._actions).putmulti(actions, append=True)[1] != len(actions):
             raise lmdb.CorruptedError(f"action keys from event {first} on are already taken")
         by_owner.sort()
-        txn.cursor(self._actions_by_owner).putmulti(by_owner)
+        txn.cursor(self._actions_by_owner).putmulti([(k, b"") for k in by_owner])
         return out
 
     def disable_action(self, sub_id: int, index: int, reason: str) -> Subscription | None:
@@ -618,12 +617,17 @@ def _token(key: bytes, raw: bytes) -> TokenRecord:
     )  # fmt: skip
 
 
-def _disabled(blob: bytes) -> frozenset[int]:
-    """Indexes of the disabled actions in a sub_actions blob (parsed only when one may be)."""
+_INDEX = [struct.pack(">H", k) for k in range(256)]  # an action key's last two bytes
+_ALL = [tuple(_INDEX[:n]) for n in range(256)]
+
+
+def _enabled(blob: bytes) -> tuple[bytes, ...]:
+    """The packed indexes of the enabled actions in a sub_actions blob (its JSON parsed only
+    when one may be disabled)."""
     if b'"disabled"' not in blob:
-        return frozenset()
+        return _ALL[blob[0]]
     actions = json.loads(blob[blob.index(b"\0") + 1 :])
-    return frozenset(k for k, (_, params) in enumerate(actions) if params.get(DISABLED))
+    return tuple(_INDEX[k] for k, (_, params) in enumerate(actions) if not params.get(DISABLED))
 
 
 def action_key(action_id: str) -> bytes:
