@@ -1,6 +1,7 @@
-"""Subscription benchmark: matching throughput (matched only, and matched + durably recorded with
-their actions) beside a brute-force numpy matcher, CRUD rates, and restart-to-ready time, with N
-active subscriptions over 100 collections, mixed qualifiers and a mean fan-out of ~5 per event.
+"""Subscription benchmark: matching throughput (matched only: per-collection rtree R-tree + one
+Numba kernel, beside a brute-force numpy matcher; and matched + durably recorded with their
+actions), CRUD rates, and restart-to-ready time (LMDB read, trees bulk-loaded), with N active
+subscriptions over 100 collections, mixed qualifiers and a mean fan-out of ~5 per event.
 
 CRUD runs in process and over real gRPC (a server process on a fresh archive): 64 requests in
 flight, written by group commit, beside one request at a time (one synced commit per call).
