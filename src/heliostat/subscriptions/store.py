@@ -390,15 +390,18 @@ class SubscriptionStore:
             return []
         first = self._next(txn, _NEXT_EVENT, len(matches))
         out = []
-        # Each matched subscription's owner prefix, action list and the packed indexes of its
-        # enabled actions, read in key order in one call; one deleted since it matched has none.
-        sub_keys = {sid: _U64.pack(sid) for sid in sorted({s for _, ids in matches for s in ids})}
-        found = dict(txn.cursor(self._sub_actions).getmulti(list(sub_keys.values())))
-        subs: dict[int, tuple[bytes, bytes, bytes, tuple[bytes, ...]]] = {}
-        for sid, sk in sub_keys.items():
+        # Each matched subscription's owner prefix, action list and the last 10 bytes of the keys
+        # of its enabled actions, read in key order in one call; one deleted since it matched
+        # has none.
+        wanted = sorted({s for _, ids in matches for s in ids})
+        sub_keys = [_U64.pack(sid) for sid in wanted]
+        found = dict(txn.cursor(self._sub_actions).getmulti(sub_keys))
+        subs: dict[int, tuple[bytes, bytes, tuple[bytes, ...]]] = {}
+        for sid, sk in zip(wanted, sub_keys, strict=True):
             blob = found.get(sk)
             if blob is not None:
-                subs[sid] = (sk, blob[1 : blob.index(b"\0") + 1], blob, _enabled(blob))
+                tails = tuple(sk + kb for kb in _enabled(blob))
+                subs[sid] = (blob[1 : blob.index(b"\0") + 1], blob, tails)
         # Built first, then written by putmulti (a C loop).
         events: list[tuple[bytes, bytes]] = []
         actions: list[tuple[bytes, bytes]] = []
@@ -410,9 +413,9 @@ class SubscriptionStore:
                 got = subs.get(sid)
                 if got is None:
                     continue
-                sk, owner_prefix, blob, indexes = got
-                for kb in indexes:
-                    key = ek + sk + kb
+                owner_prefix, blob, tails = got
+                for tail in tails:
+                    key = ek + tail
                     actions.append((key, blob))
                     by_owner.append(owner_prefix + key)
             out.append(StoredEvent(first + i, event))
