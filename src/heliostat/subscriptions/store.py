@@ -61,6 +61,7 @@ _NEXT_SUB = b"next_sub_id"
 _NEXT_EVENT = b"next_event_id"
 _CATALOG_SEQ = b"catalog_seq"
 _NEXT_GEN = b"next_generation"
+_OWNER_ROWS = b"owner_rows_by_batch"  # set once actions_by_owner holds (batch, owner) rows
 _U64 = struct.Struct(">Q")
 DISABLED = "disabled"  # action param: set (to the reason) when the receiver is gone
 _ACTION_KEY = struct.Struct(">QQH")
@@ -109,6 +110,22 @@ class SubscriptionStore:
             self._idx_attrs, self._sub_actions, self._changes,
         ) = dbs  # fmt: skip
         self._coll_no: dict[str, int] = {}  # collection key → number in idx rows
+        self._db.write(self._migrate_owner_rows)
+
+    def _migrate_owner_rows(self, txn: _Txn) -> None:
+        """Rewrite the rows of stores written before (batch, owner) rows, one per action keyed
+        owner NUL action key, as one row per event and owner (once)."""
+        if txn.get(_OWNER_ROWS, db=self._meta) is not None:
+            return
+        old = [k for k, v in txn.cursor(self._actions_by_owner).iternext() if not v]
+        rows: dict[bytes, list[bytes]] = {}
+        for k in old:
+            owner, akey = k[:-19], k[-18:]
+            rows.setdefault(akey[:8] + owner, []).append(akey)
+            txn.delete(k, db=self._actions_by_owner)
+        for row, keys in rows.items():
+            txn.put(row, b"".join(sorted(keys)), db=self._actions_by_owner)
+        txn.put(_OWNER_ROWS, b"1", db=self._meta)
 
     def close(self) -> None:
         self._db.close()
@@ -431,7 +448,7 @@ class SubscriptionStore:
         # owner (each a random place in the tree), most of recording's time at 10^6.
         batch = _U64.pack(first)
         rows = sorted((batch + owner, b"".join(keys)) for owner, keys in by_owner.items())
-        if txn.cursor(self._actions_by_owner).putmulti(rows, append=True)[1] != len(rows):
+        if txn.cursor(self._actions_by_owner).putmulti(rows, overwrite=False)[1] != len(rows):
             raise lmdb.CorruptedError(f"owner rows of batch {first} are already taken")
         return out
 
