@@ -156,7 +156,7 @@ def check(
 ) -> None:
     engine = MatchEngine(initial)
     live = {s.id: s for s in initial}
-    # Matched before the changes too: the grid is built then, so the changes are scanned after.
+    # Matched before the changes too, so that the changes meet a tree already queried.
     for e, ids in engine.match(evs, NOW):
         assert ids == sorted(s.id for s in live.values() if oracle(s, e, NOW))
     for op, s in ops:
@@ -182,9 +182,9 @@ def check(
     assert [sorted(ids) for _, ids in rebuilt.match(evs, NOW)] == [sorted(i) for _, i in got]
 
 
-def test_grid_at_scale_against_oracle() -> None:
-    """Thousands of boxes (some across the antimeridian, some world-wide), so that the grid has
-    many cells, wide pieces and pieces added after it was built; then changes and a rebuild."""
+def test_tree_at_scale_against_oracle() -> None:
+    """Thousands of boxes (some across the antimeridian, some world-wide) in a bulk-loaded tree,
+    then boxes inserted after the load, tombstones, and a compaction with a fresh bulk load."""
     rng = np.random.default_rng(5)
 
     def box() -> Box:
@@ -203,21 +203,25 @@ def test_grid_at_scale_against_oracle() -> None:
 
     subs = {i: sub(i) for i in range(1, 4001)}
     evs = [GranuleEvent("A.1", "insert", "g", 0, 0, box()) for _ in range(300)]
-    engine = MatchEngine(subs.values())
+    rows = np.frombuffer(b"".join(index_row(s, 0) for s in subs.values()), ROW)
+    engine = MatchEngine.from_rows(rows, {}, {0: "A.1"})
 
     def agree() -> None:
         for e, ids in engine.match(evs, NOW):
             assert ids == sorted(i for i, s in subs.items() if oracle(s, e, NOW))
 
     agree()
-    for i in range(4001, 4400):  # scanned until the grid is rebuilt
+    for i in range(4001, 4400):  # inserted into the loaded tree
         subs[i] = sub(i)
         engine.upsert(subs[i])
-    for i in range(1, 400):
+    for i in range(1, 400):  # tombstoned
         engine.remove(i)
         del subs[i]
     agree()
-    for i in range(4400, 5200):  # past an eighth of the grid: rebuilt
+    for i in range(400, 1400):  # past a quarter tombstoned: compacted, the tree loaded again
+        engine.remove(i)
+        del subs[i]
+    for i in range(4400, 5200):
         subs[i] = sub(i)
         engine.upsert(subs[i])
     agree()

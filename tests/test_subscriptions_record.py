@@ -6,6 +6,8 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import lmdb
+
 from heliostat.subscriptions.auth import Principal
 from heliostat.subscriptions.model import (
     Action,
@@ -111,4 +113,78 @@ def test_concurrent_publishers_record_every_action_in_order(tmp_path: Path) -> N
     assert {a.action for a in got} == set(TWO)
     for owner in ("o0", "o1", "o2", "o9"):
         assert paged(Principal(owner)) == [a for a in got if a.owner == owner]
+    svc.close()
+
+
+def test_owner_pages_across_batches_and_removals(tmp_path: Path) -> None:
+    """Per-owner actions are kept one row per owner and batch: pages that start inside a row,
+    and removals of some of a row's actions, leave every owner's remaining actions in order."""
+    svc = SubscriptionService(tmp_path / "subs")
+    svc.create_collection(OP, Collection("MODIS", "6", "geographic"))
+    for i in range(6):
+        svc.create(
+            Principal(f"o{i % 2}"),
+            Subscription(
+                0, "", "MODIS.6", frozenset({"insert"}), actions=TWO[: 1 + i % 2],
+                qualifiers=Qualifiers(spatial=Box(0, 0, 10, 10)),
+            ),
+        )  # fmt: skip
+    ev = GranuleEvent("MODIS.6", "insert", "g", 0, 0, Box(1, 1, 2, 2))
+    for n in (3, 1, 4):
+        svc.publish(OP, [ev] * n)
+    every = svc.store.actions_after(b"", 1000, None)
+    assert len(every) == 8 * 9  # 3 + 3 * 2 actions per event
+    drop = {action_key(a.id) for a in every[::3]}
+    svc.store.lmdb.write(lambda txn: svc.store.remove_actions_txn(txn, sorted(drop)))
+    left = [a for a in every if action_key(a.id) not in drop]
+    assert svc.store.actions_after(b"", 1000, None) == left
+    for owner in ("o0", "o1"):
+        mine = [a for a in left if a.owner == owner]
+        for size in (1, 2, 5):
+            got: list[MatchedAction] = []
+            while page := svc.store.actions_after(
+                action_key(got[-1].id) if got else b"", size, owner
+            ):
+                got += page
+            assert got == mine
+        # From any action key, of anyone's, even a removed one.
+        for a in every[::5]:
+            k = action_key(a.id)
+            assert svc.store.actions_after(k, 1000, owner) == [
+                b for b in mine if action_key(b.id) > k
+            ]
+    svc.close()
+
+
+def test_owner_rows_of_older_stores_are_migrated(tmp_path: Path) -> None:
+    """A store whose actions_by_owner holds one row per action (owner NUL action key, as
+    written before rows per batch) reads the same after reopening, and records on."""
+    svc = SubscriptionService(tmp_path / "subs")
+    svc.create_collection(OP, Collection("MODIS", "6", "geographic"))
+    for i in range(4):
+        svc.create(
+            Principal(f"o{i % 2}"),
+            Subscription(
+                0, "", "MODIS.6", frozenset({"insert"}), actions=TWO[: 1 + i % 2],
+                qualifiers=Qualifiers(spatial=Box(0, 0, 10, 10)),
+            ),
+        )  # fmt: skip
+    ev = GranuleEvent("MODIS.6", "insert", "g", 0, 0, Box(1, 1, 2, 2))
+    svc.publish(OP, [ev] * 3)
+    before = {o: svc.store.actions_after(b"", 1000, o) for o in ("o0", "o1")}
+    svc.close()
+    env = lmdb.open(str(tmp_path / "subs"), max_dbs=32)
+    with env.begin(write=True) as txn:
+        meta, db = env.open_db(b"meta", txn=txn), env.open_db(b"actions_by_owner", txn=txn)
+        txn.delete(b"owner_rows_by_batch", db=meta)
+        rows = list(txn.cursor(db).iternext())
+        txn.drop(db, delete=False)
+        for k, v in rows:
+            for i in range(0, len(v), 18):
+                txn.put(k[8:] + b"\0" + v[i : i + 18], b"", db=db)
+    env.close()
+    svc = SubscriptionService(tmp_path / "subs")
+    assert {o: svc.store.actions_after(b"", 1000, o) for o in ("o0", "o1")} == before
+    svc.publish(OP, [ev])
+    assert len(svc.store.actions_after(b"", 1000, "o1")) == len(before["o1"]) + 4
     svc.close()

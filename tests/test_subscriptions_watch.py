@@ -378,18 +378,25 @@ async def collect(svc: SubscriptionService, n: int, **kw: object) -> list[str]:
 
 REMOVER = """
 import sys
-import lmdb
+from pathlib import Path
+from heliostat.subscriptions.store import SubscriptionStore, action_key
 # What the retention driver does to finished work: events up to argv[2] go, with their actions.
-env = lmdb.open(sys.argv[1], max_dbs=32)
+store = SubscriptionStore(Path(sys.argv[1]))
 through = int(sys.argv[2])
-with env.begin(write=True) as txn:
-    for name, at in ((b"events", 0), (b"actions", 0), (b"actions_by_owner", -18)):
-        db = env.open_db(name, txn=txn)
-        gone = [k for k in txn.cursor(db).iternext(values=False)
-                if int.from_bytes(k[at:][:8], "big") <= through]
-        for k in gone:
-            txn.delete(k, db=db)
-env.close()
+keys = [action_key(a.id) for a in store.actions_after(b"", 1_000_000, None)
+        if a.event_id <= through]
+
+
+def remove(txn):
+    store.remove_actions_txn(txn, keys)
+    events = store.lmdb.env.open_db(b"events", txn=txn)  # those that matched nothing too
+    for k in [k for k in txn.cursor(events).iternext(values=False)
+              if int.from_bytes(k, "big") <= through]:
+        txn.delete(k, db=events)
+
+
+store.lmdb.write(remove)
+store.close()
 """
 
 

@@ -5,9 +5,10 @@ Databases: ``subs`` (id → JSON), ``by_owner`` / ``by_theme`` (name NUL id → 
 ``sub_actions`` (id → the action list as recorded with a match), ``collections`` (key → JSON with
 a number for idx rows), ``tokens`` (token id → salted SHA-256 digest, owner, role), ``events``
 (event id → model.event_to_bytes), ``actions`` (event id, subscription id, action index → the
-subscription's action list when matched), ``actions_by_owner``, and ``changes`` (generation → id
-of the subscription written), which lets every process that serves the store bring its in-memory
-index up to date with writes made by the others. Ids and action keys are big-endian, so
+subscription's action list when matched), ``actions_by_owner`` (first event id of a recorded
+batch, owner → the owner's action keys in it), and ``changes`` (generation → id of the
+subscription written), which lets every process that serves the store bring its in-memory index
+up to date with writes made by the others. Ids and action keys are big-endian, so these
 queues append at the end of their trees and scan in order.
 
 An accepted event batch and every action its matches produce are written in one synced
@@ -25,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -60,6 +61,7 @@ _NEXT_SUB = b"next_sub_id"
 _NEXT_EVENT = b"next_event_id"
 _CATALOG_SEQ = b"catalog_seq"
 _NEXT_GEN = b"next_generation"
+_OWNER_ROWS = b"owner_rows_by_batch"  # set once actions_by_owner holds (batch, owner) rows
 _U64 = struct.Struct(">Q")
 DISABLED = "disabled"  # action param: set (to the reason) when the receiver is gone
 _ACTION_KEY = struct.Struct(">QQH")
@@ -108,6 +110,22 @@ class SubscriptionStore:
             self._idx_attrs, self._sub_actions, self._changes,
         ) = dbs  # fmt: skip
         self._coll_no: dict[str, int] = {}  # collection key → number in idx rows
+        self._db.write(self._migrate_owner_rows)
+
+    def _migrate_owner_rows(self, txn: _Txn) -> None:
+        """Rewrite the rows of stores written before (batch, owner) rows, one per action keyed
+        owner NUL action key, as one row per event and owner (once)."""
+        if txn.get(_OWNER_ROWS, db=self._meta) is not None:
+            return
+        old = [k for k, v in txn.cursor(self._actions_by_owner).iternext() if not v]
+        rows: dict[bytes, list[bytes]] = {}
+        for k in old:
+            owner, akey = k[:-19], k[-18:]
+            rows.setdefault(akey[:8] + owner, []).append(akey)
+            txn.delete(k, db=self._actions_by_owner)
+        for row, keys in rows.items():
+            txn.put(row, b"".join(sorted(keys)), db=self._actions_by_owner)
+        txn.put(_OWNER_ROWS, b"1", db=self._meta)
 
     def close(self) -> None:
         self._db.close()
@@ -391,41 +409,48 @@ class SubscriptionStore:
             return []
         first = self._next(txn, _NEXT_EVENT, len(matches))
         out = []
-        # Each matched subscription's (owner prefix, action list), read in key order in one
-        # call; one deleted since it matched has none.
-        wanted = sorted({sid for _, ids in matches for sid in ids})
-        blobs: dict[int, tuple[bytes, bytes, frozenset[int]]] = {
-            _U64.unpack(k)[0]: (blob[1 : blob.index(b"\0") + 1], blob, _disabled(blob))
-            for k, blob in txn.cursor(self._sub_actions).getmulti([_U64.pack(i) for i in wanted])
-        }
+        # Each matched subscription's owner, action list and the last 10 bytes of the keys
+        # of its enabled actions, read in key order in one call; one deleted since it matched
+        # has none.
+        wanted = sorted({s for _, ids in matches for s in ids})
+        sub_keys = [_U64.pack(sid) for sid in wanted]
+        found = dict(txn.cursor(self._sub_actions).getmulti(sub_keys))
+        subs: dict[int, tuple[bytes, bytes, tuple[bytes, ...]]] = {}
+        for sid, sk in zip(wanted, sub_keys, strict=True):
+            blob = found.get(sk)
+            if blob is not None:
+                tails = tuple(sk + kb for kb in _enabled(blob))
+                subs[sid] = (blob[1 : blob.index(b"\0")], blob, tails)
         # Built first, then written by putmulti (a C loop).
         events: list[tuple[bytes, bytes]] = []
         actions: list[tuple[bytes, bytes]] = []
-        by_owner: list[tuple[bytes, bytes]] = []
-        pack = _ACTION_KEY.pack
+        by_owner: dict[bytes, list[bytes]] = {}  # owner → its action keys, in order
         for i, (event, sub_ids) in enumerate(matches):
-            eid = first + i
-            events.append((_U64.pack(eid), event_to_bytes(event)))
+            ek = _U64.pack(first + i)
+            events.append((ek, event_to_bytes(event)))
             for sid in sorted(sub_ids):
-                found = blobs.get(sid)
-                if found is None:
+                got = subs.get(sid)
+                if got is None:
                     continue
-                owner_prefix, blob, off = found
-                for k in range(blob[0]):
-                    if k in off:
-                        continue
-                    key = pack(eid, sid, k)
+                owner, blob, tails = got
+                mine = by_owner.setdefault(owner, [])
+                for tail in tails:
+                    key = ek + tail
                     actions.append((key, blob))
-                    by_owner.append((owner_prefix + key, b""))
-            out.append(StoredEvent(eid, event))
+                    mine.append(key)
+            out.append(StoredEvent(first + i, event))
         # Ids only grow, so events and actions append at the end of their trees.
         added = txn.cursor(self._events).putmulti(events, overwrite=False, append=True)[1]
         if added != len(events):
             raise lmdb.CorruptedError(f"event ids from {first} are already taken")
         if txn.cursor(self._actions).putmulti(actions, append=True)[1] != len(actions):
             raise lmdb.CorruptedError(f"action keys from event {first} on are already taken")
-        by_owner.sort()
-        txn.cursor(self._actions_by_owner).putmulti(by_owner)
+        # One row per batch and owner, appended: rows keyed by owner first dirtied a page per
+        # owner (each a random place in the tree), most of recording's time at 10^6.
+        batch = _U64.pack(first)
+        rows = sorted((batch + owner, b"".join(keys)) for owner, keys in by_owner.items())
+        if txn.cursor(self._actions_by_owner).putmulti(rows, overwrite=False)[1] != len(rows):
+            raise lmdb.CorruptedError(f"owner rows of batch {first} are already taken")
         return out
 
     def disable_action(self, sub_id: int, index: int, reason: str) -> Subscription | None:
@@ -517,13 +542,23 @@ class SubscriptionStore:
         """Within the caller's write transaction (of self.lmdb): remove these actions, then each
         of their events left without actions; returns the events removed."""
         eids = set()
+        rows: dict[bytes, set[bytes]] = {}  # actions_by_owner row → action keys to drop
         for akey in keys:
             raw = txn.get(akey, db=self._actions)
             if raw is None:
                 continue
             txn.delete(akey, db=self._actions)
-            txn.delete(raw[1 : raw.index(b"\0") + 1] + akey, db=self._actions_by_owner)
+            row = self._owner_row(txn, raw[1 : raw.index(b"\0")], akey)
+            if row is not None:
+                rows.setdefault(row, set()).add(akey)
             eids.add(akey[:8])
+        for row, drop in rows.items():
+            value = txn.get(row, db=self._actions_by_owner) or b""
+            left = b"".join(k for k in _split_keys(value) if k not in drop)
+            if left:
+                txn.put(row, left, db=self._actions_by_owner)
+            else:
+                txn.delete(row, db=self._actions_by_owner)
         removed = 0
         for ek in sorted(eids):
             cur = txn.cursor(self._actions)
@@ -551,28 +586,49 @@ class SubscriptionStore:
 
         def read(txn: _Txn) -> list[MatchedAction]:
             out: list[MatchedAction] = []
+            events: dict[int, GranuleEvent] = {}
             if owner is None:
                 cur = txn.cursor(self._actions)
-                prefix = b""
-            else:
-                cur = txn.cursor(self._actions_by_owner)
-                prefix = owner.encode() + b"\0"
-            seek = prefix + after + b"\0" if after else prefix
-            found = cur.set_range(seek)
-            events: dict[int, GranuleEvent] = {}
-            while found and len(out) < limit:
-                key = cur.key()
-                if not key.startswith(prefix):
+                found = cur.set_range(after + b"\0" if after else b"")
+                while found and len(out) < limit:
+                    out.append(self._matched(txn, cur.key(), cur.value(), events))
+                    found = cur.next()
+                return out
+            for akey in self._owner_keys(txn, owner.encode(), after):
+                if len(out) == limit:
                     break
-                akey = key[len(prefix) :]
-                raw = txn.get(akey, db=self._actions) if owner is not None else cur.value()
-                found = cur.next()
-                if raw is None:
-                    continue
-                out.append(self._matched(txn, akey, raw, events))
+                raw = txn.get(akey, db=self._actions)
+                if raw is not None:
+                    out.append(self._matched(txn, akey, raw, events))
             return out
 
         return self._db.read(read)
+
+    def _owner_row(self, txn: _Txn, owner: bytes, akey: bytes) -> bytes | None:
+        """The key of the actions_by_owner row that holds akey, of this owner: the row of the
+        batch holding akey's event, the last batch starting at or before it."""
+        cur = txn.cursor(self._actions_by_owner)
+        eid = _U64.unpack(akey[:8])[0]
+        if not (cur.set_range(_U64.pack(eid + 1)) and cur.prev()) and not cur.last():
+            return None
+        if cur.key()[:8] > akey[:8]:
+            return None  # no batch starts at or before the event
+        row = cur.key()[:8] + owner
+        return row if txn.get(row, db=self._actions_by_owner) is not None else None
+
+    def _owner_keys(self, txn: _Txn, owner: bytes, after: bytes) -> Iterator[bytes]:
+        """The action keys above ``after`` of this owner, in order: its row in each batch from
+        the one holding after's event on (two seeks per batch)."""
+        cur = txn.cursor(self._actions_by_owner)
+        row = self._owner_row(txn, owner, after) if after else None
+        found = cur.set_range(row[:8] if row else after[:8])
+        while found:
+            batch = cur.key()[:8]
+            value = txn.get(batch + owner, db=self._actions_by_owner)
+            for akey in _split_keys(value or b""):
+                if akey > after:
+                    yield akey
+            found = cur.set_range(_U64.pack(_U64.unpack(batch)[0] + 1))
 
     def counts(self) -> dict[str, int]:
         def read(txn: _Txn) -> dict[str, int]:
@@ -619,12 +675,23 @@ def _token(key: bytes, raw: bytes) -> TokenRecord:
     )  # fmt: skip
 
 
-def _disabled(blob: bytes) -> frozenset[int]:
-    """Indexes of the disabled actions in a sub_actions blob (parsed only when one may be)."""
+_INDEX = [struct.pack(">H", k) for k in range(256)]  # an action key's last two bytes
+_ALL = [tuple(_INDEX[:n]) for n in range(256)]
+
+
+def _enabled(blob: bytes) -> tuple[bytes, ...]:
+    """The packed indexes of the enabled actions in a sub_actions blob (its JSON parsed only
+    when one may be disabled)."""
     if b'"disabled"' not in blob:
-        return frozenset()
+        return _ALL[blob[0]]
     actions = json.loads(blob[blob.index(b"\0") + 1 :])
-    return frozenset(k for k, (_, params) in enumerate(actions) if params.get(DISABLED))
+    return tuple(_INDEX[k] for k, (_, params) in enumerate(actions) if not params.get(DISABLED))
+
+
+def _split_keys(value: bytes) -> list[bytes]:
+    """The action keys packed in an actions_by_owner value."""
+    n = _ACTION_KEY.size
+    return [value[i : i + n] for i in range(0, len(value), n)]
 
 
 def action_key(action_id: str) -> bytes:
