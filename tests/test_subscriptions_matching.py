@@ -226,3 +226,17 @@ def test_tree_at_scale_against_oracle() -> None:
         engine.upsert(subs[i])
     agree()
     assert sum(len(ids) for _, ids in engine.match(evs, NOW)) > 300
+
+
+def test_remove_with_its_collection() -> None:
+    """A removal naming the subscription's collection drops it there; one naming another
+    collection finds nothing to drop."""
+    subs = [Subscription(i, "o", c, frozenset({"insert"})) for i, c in ((1, "A.1"), (2, "B.1"))]
+    engine = MatchEngine(subs)
+    engine.remove(1, "B.1")
+    assert len(engine) == 2
+    engine.remove(1, "A.1")
+    engine.remove(2)
+    assert len(engine) == 0
+    evs = [GranuleEvent(c, "insert", "g", 0, 0) for c in COLLECTIONS]
+    assert [ids for _, ids in engine.match(evs, NOW)] == [[], []]

@@ -325,7 +325,7 @@ class SubscriptionService:
             for _, new in pairs:
                 self.engine.upsert(new)
             for old in deletes:
-                self.engine.remove(old.id)
+                self.engine.remove(old.id, old.collection)
             self._generation = generation + len(made) + len(pairs) + len(deletes)
         return [out[i] for i in range(len(batch))]
 
