@@ -3,6 +3,8 @@ actions in key order for all and per owner, events read back as published."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -20,7 +22,7 @@ from heliostat.subscriptions.model import (
     StoredEvent,
     Subscription,
 )
-from heliostat.subscriptions.service import SubscriptionService
+from heliostat.subscriptions.service import Patch, SubscriptionService
 from heliostat.subscriptions.store import action_key
 
 OP = Principal("ops", operator=True)
@@ -187,4 +189,54 @@ def test_owner_rows_of_older_stores_are_migrated(tmp_path: Path) -> None:
     assert {o: svc.store.actions_after(b"", 1000, o) for o in ("o0", "o1")} == before
     svc.publish(OP, [ev])
     assert len(svc.store.actions_after(b"", 1000, "o1")) == len(before["o1"]) + 4
+    svc.close()
+
+
+def test_recording_follows_action_changes_from_any_process(tmp_path: Path) -> None:
+    """Recorded actions are the subscription's as stored at commit, though recording keeps
+    action lists in memory between batches: changed here, changed by another process on the
+    same store, disabled, deleted."""
+    path = tmp_path / "subs"
+    svc = SubscriptionService(path)
+    svc.create_collection(OP, Collection("MODIS", "6", "geographic"))
+    s = svc.create(OP, Subscription(0, "", "MODIS.6", frozenset({"insert"}), actions=TWO[:1]))
+    ev = GranuleEvent("MODIS.6", "insert", "g", 0, 0)
+
+    def recorded() -> list[tuple[int, str]]:
+        (stored,) = svc.publish(OP, [ev])
+        got = svc.actions(OP, "", 1000)
+        return [(a.index, a.action.kind) for a in got if a.event_id == stored.id]
+
+    def elsewhere(change: str) -> None:
+        script = (
+            "import sys\n"
+            "from pathlib import Path\n"
+            "from heliostat.subscriptions.auth import Principal\n"
+            "from heliostat.subscriptions.model import Action\n"
+            "from heliostat.subscriptions.service import Patch, SubscriptionService\n"
+            "svc = SubscriptionService(Path(sys.argv[1]))\n"
+            "op = Principal('ops', operator=True)\n"
+            f"sid = {s.id}\n"
+            f"{change}\n"
+            "svc.close()\n"
+        )
+        subprocess.run([sys.executable, "-c", script, str(path)], check=True)
+
+    assert recorded() == [(0, "email")]
+    svc.update(OP, s.id, Patch(frozenset({"actions"}), actions=TWO))
+    assert recorded() == [(0, "email"), (1, "webhook")]
+    elsewhere(
+        "svc.update(op, sid, Patch(frozenset({'actions'}), actions=(Action('webhook', "
+        "(('secret', 'a-webhook-secret-of-32-bytes-000'), ('url', 'https://example.org/h'))),)))"
+    )
+    assert recorded() == [(0, "webhook")]
+    svc.store.disable_action(s.id, 0, "gone")
+    assert recorded() == []
+    elsewhere(
+        "svc.update(op, sid, Patch(frozenset({'actions'}), "
+        "actions=(Action('email', (('address', 'a@example.org'),)),)))"
+    )
+    assert recorded() == [(0, "email")]
+    elsewhere("svc.delete(op, sid)")
+    assert recorded() == []
     svc.close()
