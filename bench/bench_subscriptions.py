@@ -186,14 +186,23 @@ def main() -> None:
         batches = [events[lo : lo + args.batch] for lo in range(0, len(events), args.batch)]
         one = publishers(svc, batches, 1)
         counts = svc.store.counts()
-        report.add("match + durably record events and actions", one, "events/s",
+        report.add("match + durably record events and actions (first pass)", one, "events/s",
                    target=">= 20,000 events/s at 10^6 subs",
                    met=one >= 20_000 if n >= 1_000_000 else None,
                    actions=counts["actions"], batch=args.batch)  # fmt: skip
+        # Recording keeps matched subscriptions' action lists in memory: the first pass reads
+        # each from LMDB (cold); publishing the same events again shows the steady state of a
+        # server whose traffic has touched every subscription (at 100k matches/s, ~a minute).
+        warm = publishers(svc, batches, 1)
+        report.add("match + durably record, action lists in memory (steady state)", warm,
+                   "events/s", baseline_name="first pass (read from LMDB)", baseline_value=one,
+                   target=">= 20,000 events/s at 10^6 subs",
+                   met=warm >= 20_000 if n >= 1_000_000 else None)  # fmt: skip
         two = publishers(svc, batches, 2)
-        report.add("match + durably record, 2 publishers (one validates and matches while the "
-                   "other records)", two, "events/s", baseline_name="1 publisher",
-                   baseline_value=one, target=">= 20,000 events/s at 10^6 subs",
+        report.add("match + durably record, steady state, 2 publishers (one validates and "
+                   "matches while the other records)", two, "events/s",
+                   baseline_name="1 publisher, steady state", baseline_value=warm,
+                   target=">= 20,000 events/s at 10^6 subs",
                    met=two >= 20_000 if n >= 1_000_000 else None)  # fmt: skip
         t0 = time.perf_counter()
         for e in events[:200]:
