@@ -118,12 +118,12 @@ def test_concurrent_publishers_record_every_action_in_order(tmp_path: Path) -> N
     svc.close()
 
 
-def test_owner_pages_across_batches_and_removals(tmp_path: Path) -> None:
-    """Per-owner actions are kept one row per owner and batch: pages that start inside a row,
-    and removals of some of a row's actions, leave every owner's remaining actions in order."""
+def two_owners(tmp_path: Path, n: int) -> SubscriptionService:
+    """A service with n subscriptions on one box, owners o0 and o1 in turn, with one action
+    and two in turn."""
     svc = SubscriptionService(tmp_path / "subs")
     svc.create_collection(OP, Collection("MODIS", "6", "geographic"))
-    for i in range(6):
+    for i in range(n):
         svc.create(
             Principal(f"o{i % 2}"),
             Subscription(
@@ -131,6 +131,13 @@ def test_owner_pages_across_batches_and_removals(tmp_path: Path) -> None:
                 qualifiers=Qualifiers(spatial=Box(0, 0, 10, 10)),
             ),
         )  # fmt: skip
+    return svc
+
+
+def test_owner_pages_across_batches_and_removals(tmp_path: Path) -> None:
+    """Per-owner actions are kept one row per owner and batch: pages that start inside a row,
+    and removals of some of a row's actions, leave every owner's remaining actions in order."""
+    svc = two_owners(tmp_path, 6)
     ev = GranuleEvent("MODIS.6", "insert", "g", 0, 0, Box(1, 1, 2, 2))
     for n in (3, 1, 4):
         svc.publish(OP, [ev] * n)
@@ -161,16 +168,7 @@ def test_owner_pages_across_batches_and_removals(tmp_path: Path) -> None:
 def test_owner_rows_of_older_stores_are_migrated(tmp_path: Path) -> None:
     """A store whose actions_by_owner holds one row per action (owner NUL action key, as
     written before rows per batch) reads the same after reopening, and records on."""
-    svc = SubscriptionService(tmp_path / "subs")
-    svc.create_collection(OP, Collection("MODIS", "6", "geographic"))
-    for i in range(4):
-        svc.create(
-            Principal(f"o{i % 2}"),
-            Subscription(
-                0, "", "MODIS.6", frozenset({"insert"}), actions=TWO[: 1 + i % 2],
-                qualifiers=Qualifiers(spatial=Box(0, 0, 10, 10)),
-            ),
-        )  # fmt: skip
+    svc = two_owners(tmp_path, 4)
     ev = GranuleEvent("MODIS.6", "insert", "g", 0, 0, Box(1, 1, 2, 2))
     svc.publish(OP, [ev] * 3)
     before = {o: svc.store.actions_after(b"", 1000, o) for o in ("o0", "o1")}
