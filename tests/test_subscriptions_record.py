@@ -7,8 +7,10 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import lmdb
+import pytest
 
 from heliostat.subscriptions.auth import Principal
 from heliostat.subscriptions.model import (
@@ -237,4 +239,42 @@ def test_recording_follows_action_changes_from_any_process(tmp_path: Path) -> No
     assert recorded() == [(0, "email")]
     elsewhere("svc.delete(op, sid)")
     assert recorded() == []
+    svc.close()
+
+
+def test_publishers_share_commits_and_each_gets_its_own_events(tmp_path: Path) -> None:
+    """Batches published together are recorded in one transaction; each caller gets back its
+    own events, in its order, with their ids; a failed transaction fails every caller in it and
+    records nothing."""
+    svc = two_owners(tmp_path, 4)
+    commits: list[int] = []
+    record = svc.store.record
+
+    def counting(matches: Any, catalog_seqs: Any = None) -> list[StoredEvent]:
+        commits.append(len(matches))
+        return record(matches, catalog_seqs)
+
+    svc.store.record = counting  # type: ignore[method-assign]
+    batches = [
+        [GranuleEvent("MODIS.6", "insert", f"g{b}-{i}", 0, 0, Box(1, 1, 2, 2)) for i in range(50)]
+        for b in range(16)
+    ]
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda evs: svc.publish(OP, evs), batches))
+    for evs, stored in zip(batches, results, strict=True):
+        assert [s.event for s in stored] == evs
+        assert [s.id for s in stored] == list(range(stored[0].id, stored[0].id + len(evs)))
+    assert sum(commits) == 16 * 50
+    assert len(commits) < 16  # some batches shared a commit
+
+    def failing(matches: Any, catalog_seqs: Any = None) -> list[StoredEvent]:
+        raise lmdb.DiskError("no space left on device")
+
+    svc.store.record = failing  # type: ignore[method-assign]
+    before = svc.store.event_ids()
+    with pytest.raises(lmdb.DiskError):
+        svc.publish(OP, batches[0])
+    svc.store.record = record  # type: ignore[method-assign]
+    assert svc.store.event_ids() == before
+    assert [s.event for s in svc.publish(OP, batches[1])] == batches[1]
     svc.close()

@@ -14,6 +14,9 @@ leave, written in one synced transaction, and answered after it. ``submit_*`` re
 of the subscription written (a delete's: as it was), answered in submission order, for the gRPC
 layer, which awaits it without holding a thread; ``create`` etc. wait for it. ``submit_writes``
 queues many writes with one Future for all their results (the bulk WriteSubscriptions stream).
+Published event batches go through a group commit of their own: batches published together are
+matched and recorded in one transaction (one synced commit, one index lookup per collection for
+all of them), each caller answered once it is durable.
 """
 
 from __future__ import annotations
@@ -150,9 +153,13 @@ class SubscriptionService:
         self._writes: GroupCommit[_Write, Subscription] = GroupCommit(
             self._apply, name="subscription-writes"
         )
+        self._publishes: GroupCommit[GranuleEvent, StoredEvent] = GroupCommit(
+            self._record_published, name="event-publishes"
+        )
 
     def close(self) -> None:
         self._writes.close()
+        self._publishes.close()
         self.notifications.close()
         self.store.close()
 
@@ -404,7 +411,19 @@ class SubscriptionService:
                     field=f"events[{i}].collection",
                 )
             validate_event(e, c.frame, i)
-        return self._record(events, None)
+        stored: list[StoredEvent] = []
+        for x in self._publishes.submit_many(events).result():
+            if isinstance(x, BaseException):  # the transaction failed: none is recorded
+                raise x
+            stored.append(x)
+        return stored
+
+    def _record_published(
+        self, events: Sequence[GranuleEvent]
+    ) -> list[StoredEvent | BaseException]:
+        """The group commit's writer: published batches queued together, as one (published
+        events are all kept, so the results line up with the events)."""
+        return list(self._record(events, None))
 
     def _record(
         self, events: Sequence[GranuleEvent], catalog_seqs: Sequence[int] | None
