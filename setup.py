@@ -68,6 +68,12 @@ extensions = [
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         extra_compile_args=["-O3"],
     ),
+    Extension(
+        "heliostat.imaging._simd",
+        ["ext/simd.pyx"],
+        include_dirs=["ext"],
+        extra_compile_args=["-O3"],
+    ),
 ]
 
 setup(

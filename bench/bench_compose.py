@@ -29,7 +29,7 @@ from conftest import AIA_171, DATA, LASCO_C3  # noqa: E402
 
 from bench.harness import Report, percentiles, repeat  # noqa: E402
 from heliostat.archive.header import read_record  # noqa: E402
-from heliostat.imaging import colortables, encode, kernels  # noqa: E402
+from heliostat.imaging import affine, colortables, encode, kernels  # noqa: E402
 from heliostat.imaging._openjpeg import J2KDecoder  # noqa: E402
 from heliostat.imaging.affine import blend_over, warp_affine  # noqa: E402
 from heliostat.imaging.compose import Compositor, LayerInput  # noqa: E402
@@ -80,6 +80,25 @@ def _warp_case(report: Report, aia: np.ndarray, name: str, m: np.ndarray, size: 
                single=single)  # fmt: skip
 
 
+def _simd_case(report: Report, aia: np.ndarray, m: np.ndarray) -> None:
+    """The rotated warp with the SIMD row kernel (where this CPU has it) beside the Numba path."""
+    out = np.empty_like(aia)
+    alpha = np.empty_like(aia)
+    simd = affine._BILINEAR_ROW
+    if not simd:
+        print("this CPU has no AVX-512 VBMI: the Numba path is the only one", file=sys.stderr)
+        return
+    ours = percentiles(repeat(lambda: warp_affine(aia, m, out, alpha), 7))
+    affine._BILINEAR_ROW = 0
+    try:
+        numba_path = percentiles(repeat(lambda: warp_affine(aia, m, out, alpha), 7))
+    finally:
+        affine._BILINEAR_ROW = simd
+    report.add("affine 4096² rotate 10°, SIMD rows vs Numba path (p50)", ours["p50_ms"], "ms",
+               baseline_name="the Numba fixed-point path", baseline_value=numba_path["p50_ms"],
+               ours=ours, numba=numba_path)  # fmt: skip
+
+
 def kernel_figures(report: Report, aia: np.ndarray) -> None:
     n = aia.shape[0]
     # Rotation-free (every AIA/SWAP/EIT/HMI layer): native scale with a subpixel shift, a shrink
@@ -95,6 +114,7 @@ def kernel_figures(report: Report, aia: np.ndarray) -> None:
     # HMI-style CROTA 180°: cos and sin leave 1e-16 off the diagonal; a mirror of both axes.
     _warp_case(report, aia, "4096² rotate 180°", _rotation(180.0, 1.0, n), n)
     _warp_case(report, aia, "4096² rotate 10°", _rotation(10.0, 1.0, n), n)
+    _simd_case(report, aia, _rotation(10.0, 1.0, n))
     _warp_case(report, aia, "4096² → 2048² rotate 10°, 2×2 supersampled",
                _rotation(10.0, 1.9, n), n // 2)  # fmt: skip
 

@@ -8,7 +8,17 @@ import numpy as np
 import pytest
 from scipy import ndimage  # type: ignore[import-untyped]
 
+from heliostat.imaging._openjpeg import J2KDecoder
 from heliostat.imaging.affine import blend_over, radial_mask, warp_affine
+
+from .conftest import AIA_171
+
+
+@pytest.fixture(scope="module")
+def aia_image() -> np.ndarray:
+    """The AIA 171 sample's 600 × 700 pixels across the limb, full resolution."""
+    img: np.ndarray = J2KDecoder(AIA_171[0].read_bytes(), 0).decode(1800, 1500, 2500, 2100)
+    return img
 
 
 def _warp(src: np.ndarray, m: object, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -187,7 +197,7 @@ def test_unrotated_matrix_takes_the_separable_path_with_the_same_result(m: objec
     tilted = mat.copy()
     tilted[0, 1] = 1e-300
     flat, pitch = _rows(src)
-    _warp_general(src, flat, pitch, tilted, n, ref, ref_alpha, 2)
+    _warp_general(src, flat, pitch, tilted, n, ref, ref_alpha, 2, 0)
     assert np.array_equal(alpha, ref_alpha)
     assert (alpha == 255).sum() > 1000
     assert np.abs(out.astype(int) - ref).max() <= 1
@@ -205,17 +215,21 @@ def test_rotation_by_180_degrees_is_an_exact_flip() -> None:
     assert alpha.min() == 255
 
 
-def test_warp_is_the_same_on_one_thread_or_many() -> None:
-    from heliostat.imaging.affine import _rows, _warp_general, _warp_separable
+@pytest.mark.parametrize("simd", [False, True])
+def test_warp_is_the_same_on_one_thread_or_many(simd: bool) -> None:
+    from heliostat.imaging.affine import _rows, _simd_row, _warp_general, _warp_separable
 
     src = np.random.default_rng(5).integers(0, 256, (300, 300), dtype=np.uint8)
     m = _rotation(10.0, 1.2, 30.0, -20.0)
+    fn = _simd_row(m) if simd else 0
+    if simd and not fn:
+        pytest.skip("this CPU has no AVX-512 VBMI")
     outs = []
     for chunks in (1, 3):
         out = np.empty((256, 256), np.uint8)
         alpha = np.empty_like(out)
         flat, pitch = _rows(src)
-        _warp_general(src, flat, pitch, m, 2, out, alpha, chunks)
+        _warp_general(src, flat, pitch, m, 2, out, alpha, chunks, fn)
         outs.append((out, alpha))
         out = np.empty((256, 256), np.uint8)
         alpha = np.empty_like(out)
@@ -223,3 +237,82 @@ def test_warp_is_the_same_on_one_thread_or_many() -> None:
         outs.append((out, alpha))
     for a, b in zip(outs[:2], outs[2:], strict=True):
         assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+
+
+def _general(src: np.ndarray, m: np.ndarray, shape: tuple[int, int], fn: int) -> tuple:
+    from heliostat.imaging.affine import _rows, _warp_general
+
+    out = np.empty(shape, np.uint8)
+    alpha = np.empty(shape, np.uint8)
+    n = max(1, math.ceil(max(math.hypot(m[0, 0], m[1, 0]), math.hypot(m[0, 1], m[1, 1])) - 1e-6))
+    flat, pitch = _rows(src)
+    _warp_general(src, flat, pitch, m, n, out, alpha, 2, fn)
+    return out, alpha
+
+
+def _simd_or_skip(m: np.ndarray) -> int:
+    from heliostat.imaging.affine import _BILINEAR_ROW, _simd_row
+
+    if not _BILINEAR_ROW:
+        pytest.skip("this CPU has no AVX-512 VBMI")
+    return _simd_row(m)
+
+
+@pytest.mark.parametrize(
+    ("deg", "scale"),
+    [(10.0, 1.0), (-7.4, 1.0), (-7.4, 0.45), (170.0, 1.0), (3.0, 1.9), (-12.0, 1.3)],
+)
+def test_simd_rows_equal_the_numba_path_on_a_real_image(
+    aia_image: np.ndarray, deg: float, scale: float
+) -> None:
+    # hs_bilinear_row (16-bit lanes, positions to 1/256 px a run of 64) against the scalar
+    # fixed-point path, on a real AIA disc: within one grey level, alpha identical.
+    src = aia_image
+    h, w = src.shape
+    shape = (int(h / scale) - 40, int(w / scale) - 40)
+    m = _rotation(deg, scale, 0.0, 0.0)
+    m[0, 2] = (w - 1) / 2 - (m[0, 0] * (shape[1] - 1) / 2 + m[0, 1] * (shape[0] - 1) / 2)
+    m[1, 2] = (h - 1) / 2 - (m[1, 0] * (shape[1] - 1) / 2 + m[1, 1] * (shape[0] - 1) / 2)
+    fn = _simd_or_skip(m)
+    assert fn, "the SIMD kernel serves this matrix"
+    fast, fast_alpha = _general(src, m, shape, fn)
+    ref, ref_alpha = _general(src, m, shape, 0)
+    assert np.array_equal(fast_alpha, ref_alpha)
+    assert (fast_alpha == 255).sum() > shape[0] * shape[1] // 2
+    diff = np.abs(fast.astype(int) - ref)
+    assert diff.max() <= 1
+    assert (diff == 1).mean() < 0.2
+
+
+def test_simd_rows_read_nothing_past_the_end_of_the_image() -> None:
+    # The source's last byte is the last of a readable page and the next page is PROT_NONE: a
+    # table load reaching past the image (rows near the bottom, or the last columns) faults.
+    import ctypes
+    import mmap
+
+    page = mmap.PAGESIZE
+    h, w = 120, 200
+    size = h * w
+    pages = -(-size // page) + 1
+    buf = mmap.mmap(-1, pages * page, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    base = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+    libc = ctypes.CDLL(None, use_errno=True)
+    guard = base + (pages - 1) * page
+    start = (pages - 1) * page - size
+    src = np.frombuffer(buf, np.uint8, size, start).reshape(h, w)
+    src[:] = np.random.default_rng(7).integers(0, 256, (h, w), dtype=np.uint8)
+    assert libc.mprotect(ctypes.c_void_p(guard), ctypes.c_size_t(page), 1) == 0  # PROT_READ
+    assert libc.mprotect(ctypes.c_void_p(guard), ctypes.c_size_t(page), 0) == 0  # PROT_NONE
+    try:
+        for deg in (8.0, -8.0, 172.0):
+            m = _rotation(deg, 1.0, 0.0, 0.0)
+            m[0, 2] = (w - 1) / 2 - (m[0, 0] * (w - 1) / 2 + m[0, 1] * (h - 1) / 2)
+            m[1, 2] = (h - 1) / 2 - (m[1, 0] * (w - 1) / 2 + m[1, 1] * (h - 1) / 2)
+            fast, fast_alpha = _general(src, m, (h, w), _simd_or_skip(m))
+            ref, ref_alpha = _general(src, m, (h, w), 0)
+            assert np.array_equal(fast_alpha, ref_alpha)
+            assert np.abs(fast.astype(int) - ref).max() <= 1
+    finally:
+        libc.mprotect(ctypes.c_void_p(guard), ctypes.c_size_t(page), 3)
+        del src
+        buf.close()

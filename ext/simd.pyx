@@ -1,0 +1,26 @@
+# cython: language_level=3
+"""SIMD kernels in C that the Numba kernels call by address (heliostat.imaging.affine).
+
+Numba cannot express a byte permute; these few functions are C with intrinsics, compiled for
+their instruction set whatever the build's flags, and offered only when the CPU running them
+has it: ``bilinear_row_address()`` is 0 otherwise and the caller keeps its own path.
+"""
+
+from libc.stdint cimport int64_t, uint8_t, uintptr_t
+
+
+cdef extern from "bilinear_row.h" nogil:
+    int hs_bilinear_row_supported()
+    void hs_bilinear_row(const uint8_t *src, int64_t size, int64_t pitch, int64_t px,
+                         int64_t py, int64_t ax, int64_t ay, int64_t n, uint8_t *out)
+    double HS_MAX_STEP
+
+
+def bilinear_row_address() -> int:
+    """Address of ``hs_bilinear_row`` (ext/bilinear_row.h) on a CPU with AVX-512 VBMI, else 0."""
+    if not hs_bilinear_row_supported():
+        return 0
+    return <uintptr_t>&hs_bilinear_row
+
+
+MAX_STEP: float = HS_MAX_STEP
