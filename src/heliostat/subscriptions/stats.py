@@ -15,7 +15,7 @@ COUNTERS = (
     "events", "actions_queued", "leased", "delivered", "retries", "failures", "dead_letters",
     "disabled", "replayed", "requeued", "released", "deleted_actions", "deleted_events",
     "deleted_logs", "deletion_failures", "driver_errors", "dead_letters_expired",
-    "dead_letters_purged",
+    "dead_letters_purged", "changes_pruned", "index_rebuilds",
 )  # fmt: skip
 
 
