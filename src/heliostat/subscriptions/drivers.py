@@ -5,6 +5,8 @@
   each kind's share to its channel and record every result;
 - recovery driver: re-queues actions whose lease expired (a stalled or dead worker, in this
   process or another sharing the store);
+- statistics: every stats_interval_s, this process's counts join the totals shared by every
+  process serving the store (heliostat.subscriptions.stats);
 - deletion driver: removes finished actions older than the retention, and dead letters older
   than theirs (longer: an operator may still replay them), their attempt logs first, in bounded
   transactions; a failed pass is counted and retried on the next. Each pass also posts this
@@ -51,6 +53,7 @@ class DriverSettings:
     retention_s: float = 7 * 86400.0  # finished actions (and their events) kept this long
     dead_letter_retention_s: float = 30 * 86400.0  # dead letters kept this long (0: for ever)
     deletion_batch: int = 500  # actions per deletion transaction
+    stats_interval_s: float = 1.0  # how often this process's counts join the shared totals
     change_log_batch: int = 10_000  # change-log entries pruned per transaction
     # A process that has not posted its change-log position this long (a deletion pass posts
     # it) is taken for gone; if it comes back behind the pruned log, it rebuilds its index.
@@ -99,6 +102,7 @@ class Drivers:
             asyncio.create_task(
                 self._loop("deletion", self.delete_finished, s.deletion_interval_s)
             ),
+            asyncio.create_task(self._loop("stats", self._flush_stats, s.stats_interval_s)),
         ]
         self._tasks += [
             asyncio.create_task(self._action_worker(f"{self.name}:{i}"))
@@ -169,6 +173,10 @@ class Drivers:
         """Wake the action workers (called from the executor's threads)."""
         if self._loop_ref is not None:
             self._loop_ref.call_soon_threadsafe(self._work.set)
+
+    def _flush_stats(self) -> bool:
+        self.stats.flush()
+        return False
 
     def recover(self) -> bool:
         n = self.ledger.requeue_expired(now_us(), 1000)

@@ -55,7 +55,7 @@ from heliostat.subscriptions.model import (
     validate_subscription,
 )
 from heliostat.subscriptions.notifications import Notifications, Watch, WatchFilter
-from heliostat.subscriptions.stats import PipelineCounts, PipelineStats
+from heliostat.subscriptions.stats import PipelineCounts, PipelineStats, StatsLog
 from heliostat.subscriptions.store import ChangesPruned, SubscriptionStore, action_key
 
 MAX_PAGE = 1000
@@ -145,11 +145,12 @@ class SubscriptionService:
             self.engine = MatchEngine.from_rows(rows, attrs, colls)
             self.ledger = Ledger(self.store)
             self.notifications = Notifications(self.store)
+            # Summed over every process serving the store (see stats); flushed by the drivers.
+            self.stats = PipelineStats(StatsLog(self.store))
         except BaseException:
             self.store.close()
             raise
         self._lock = threading.Lock()  # orders store writes with index updates
-        self.stats = PipelineStats()
         self._on_record: list[Callable[[], None]] = []
         self._writes: GroupCommit[_Write, Subscription] = GroupCommit(
             self._apply, name="subscription-writes"
@@ -162,7 +163,10 @@ class SubscriptionService:
         self._writes.close()
         self._publishes.close()
         self.notifications.close()
-        self.store.close()
+        try:
+            self.stats.flush()  # what this process counted outlives it
+        finally:
+            self.store.close()
 
     def _load_collections(self) -> None:
         self._collections = {c.key: c for c in self.store.collections()}
