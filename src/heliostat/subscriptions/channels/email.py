@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import quopri
 import ssl
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from email.utils import formatdate, make_msgid
 from typing import Literal, get_args
 
 import aiosmtplib
+import lmdb
 
 from heliostat.archive.times import iso
 from heliostat.subscriptions.channels.base import Delivery, Result
@@ -121,7 +123,10 @@ class EmailChannel:
                     results[i] = r
         finally:  # even when stopped midway: the slots of mails not sent are free again
             if unsent and self._limited():
-                await asyncio.to_thread(self.log.release, [(a, t_us) for a in unsent])
+                try:
+                    await asyncio.to_thread(self.log.release, [(a, t_us) for a in unsent])
+                except lmdb.Error as e:  # the mails sent must not be retried: slots stay taken
+                    print(f"heliostat: e-mail send log: {e!r}", file=sys.stderr, flush=True)
 
     async def close(self) -> None:
         async with self._lock:
