@@ -1,9 +1,10 @@
-"""What the durable e-mail send log costs: mails/s from EmailChannel with rate limits on (every
-accepted mail logged in the subscription store's LMDB before the result: synced commits beside
-the next mails' SMTP conversations, the mails accepted meanwhile sharing one), beside the same
-channel with limits off (no log) in the same run, to an aiosmtpd server in its own process. One
-address per action (so one mail each); batches of 50 on one kept connection; the limit is set high
-enough never to defer. Rounds alternate; the best of each is reported.
+"""What the durable e-mail send log costs: mails/s from EmailChannel with rate limits on (each
+batch's addresses checked and their send slots reserved in the subscription store's LMDB by one
+synced commit before any is mailed, so that processes sharing the store cannot together exceed a
+limit), beside the same channel with limits off (no log) in the same run, to an aiosmtpd server
+in its own process. One address per action (so one mail each); batches of 50 on one kept
+connection; the limit is set high enough never to defer. Rounds alternate; the best of each is
+reported.
 
 Run: .venv/bin/python bench/bench_email_sendlog.py [--mails 500] [--rounds 5]
 """
@@ -54,10 +55,10 @@ def main() -> None:
     args = ap.parse_args()
     report = Report(
         "email-sendlog",
-        "E-mail channel with rate limits on (accepted mails logged by synced LMDB commits, so "
-        "the limits survive restarts) vs limits off, same run, one SMTP connection, batches of 50, "
-        "one address per mail; aiosmtpd in its own process. Best of alternating rounds. Shared "
-        "2-core box.",
+        "E-mail channel with rate limits on (each batch's send slots checked and reserved by one "
+        "synced LMDB commit before mailing, so the limits hold across processes and restarts) vs "
+        "limits off, same run, one SMTP connection, batches of 50, one address per mail; aiosmtpd "
+        "in its own process. Best of alternating rounds. Shared 2-core box.",
     )
     port = free_port()
     proc = mp.get_context("spawn").Process(target=smtp_receiver, args=(port,), daemon=True)

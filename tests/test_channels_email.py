@@ -9,6 +9,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from email.message import Message
@@ -23,7 +24,7 @@ from heliostat.errors import InvalidArgument
 from heliostat.subscriptions.auth import Principal
 from heliostat.subscriptions.channels.base import Delivery
 from heliostat.subscriptions.channels.email import EmailChannel, EmailSettings
-from heliostat.subscriptions.channels.sendlog import SendLog
+from heliostat.subscriptions.channels.sendlog import Limits, SendLog
 from heliostat.subscriptions.model import (
     Action,
     Box,
@@ -399,16 +400,77 @@ async def test_rate_limit_survives_a_restart(server: SmtpServer, tmp_path: Path)
     ]
 
 
-def test_send_log_keeps_only_what_limits(log: SendLog) -> None:
+def test_send_log_reserves_within_the_limits_and_releases(log: SendLog) -> None:
     s = 1_000_000
-    for t in (1, 2, 3, 4):
-        log.add([("a@example.org", t * s)], keep=3, since_us=0)
-    log.add([("b@example.org", 2 * s)], keep=3, since_us=0)
-    assert log.times(["a@example.org", "b@example.org", "c@example.org"]) == {
-        "a@example.org": [2 * s, 3 * s, 4 * s], "b@example.org": [2 * s], "c@example.org": [],
+    limits = Limits(digest_window_us=0, rate_limit=3, rate_window_us=100 * s)
+    for t in (1, 2, 3):
+        assert log.reserve(["a@example.org"], t * s, limits) == {"a@example.org": 0}
+    # The fourth waits until the first leaves the window; b has its own slots.
+    assert log.reserve(["a@example.org", "b@example.org"], 4 * s, limits) == {
+        "a@example.org": 97 * s, "b@example.org": 0,
     }  # fmt: skip
-    log.add([("a@example.org", 10 * s)], keep=3, since_us=4 * s)  # older than the window: dropped
-    assert log.times(["a@example.org"])["a@example.org"] == [4 * s, 10 * s]
-    assert log.prune(since_us=3 * s) == 1  # b's last mail no longer limits it
-    assert log.times(["b@example.org"])["b@example.org"] == []
-    assert log.times(["a@example.org"])["a@example.org"] == [4 * s, 10 * s]
+    assert log.times(["a@example.org", "b@example.org", "c@example.org"]) == {
+        "a@example.org": [1 * s, 2 * s, 3 * s], "b@example.org": [4 * s], "c@example.org": [],
+    }  # fmt: skip
+    log.release([("a@example.org", 2 * s), ("b@example.org", 4 * s)])  # not sent after all
+    assert log.times(["a@example.org", "b@example.org"]) == {
+        "a@example.org": [1 * s, 3 * s], "b@example.org": [],
+    }  # fmt: skip
+    assert log.reserve(["a@example.org"], 5 * s, limits) == {"a@example.org": 0}
+    # Past the window the old times are dropped; a digest window spaces mails out.
+    windowed = Limits(digest_window_us=10 * s, rate_limit=3, rate_window_us=100 * s)
+    assert log.reserve(["a@example.org"], 200 * s, windowed) == {"a@example.org": 0}
+    assert log.times(["a@example.org"])["a@example.org"] == [200 * s]
+    assert log.reserve(["a@example.org"], 204 * s, windowed) == {"a@example.org": 6 * s}
+    assert log.prune(since_us=150 * s) == 1  # b's slot is gone: nothing limits it
+    assert log.times(["a@example.org"])["a@example.org"] == [200 * s]
+
+
+RACER = """
+import asyncio, sys, time
+from pathlib import Path
+from heliostat.subscriptions.channels.base import Delivery
+from heliostat.subscriptions.channels.email import EmailChannel, EmailSettings
+from heliostat.subscriptions.channels.sendlog import Limits, SendLog
+from heliostat.subscriptions.store import SubscriptionStore
+from tests.test_channels_email import delivery
+
+store, port, go = sys.argv[1:]
+log = SendLog(SubscriptionStore(Path(store)))
+settings = EmailSettings(host="127.0.0.1", port=int(port), timeout_s=5.0, rate_limit=3,
+                         rate_window_s=600.0, digest_window_s=0.0)
+
+async def main():
+    ch = EmailChannel(settings, log)
+    print("ready", flush=True)
+    while not Path(go).exists():
+        time.sleep(0.001)
+    outcomes = [(await ch.deliver([delivery("race@example.org", n)]))[0].outcome
+                for n in range(6)]
+    await ch.close()
+    print(" ".join(outcomes), flush=True)
+
+asyncio.run(main())
+"""
+
+
+def test_two_processes_racing_for_one_address_send_exactly_the_limit(
+    server: SmtpServer, tmp_path: Path
+) -> None:
+    """Two processes on one store mail one address as fast as they can: the limit (3) holds
+    between them, because each check takes its slot in the same transaction."""
+    store, go = tmp_path / "subs", tmp_path / "go"
+    SubscriptionStore(store).close()
+    root = str(Path(__file__).resolve().parent.parent)
+    cmd = [sys.executable, "-c", RACER, str(store), str(server.port), str(go)]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=root) for _ in range(2)]
+    for p in procs:
+        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+    go.touch()
+    outcomes = []
+    for p in procs:
+        out, _ = p.communicate(timeout=60)
+        assert p.returncode == 0
+        outcomes += out.split()
+    assert len(server.handler.mails) == 3
+    assert outcomes.count("delivered") == 3 and outcomes.count("retry") == 9

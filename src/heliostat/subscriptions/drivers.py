@@ -5,9 +5,13 @@
   each kind's share to its channel and record every result;
 - recovery driver: re-queues actions whose lease expired (a stalled or dead worker, in this
   process or another sharing the store);
+- statistics: every stats_interval_s, this process's counts join the totals shared by every
+  process serving the store (heliostat.subscriptions.stats);
 - deletion driver: removes finished actions older than the retention, and dead letters older
   than theirs (longer: an operator may still replay them), their attempt logs first, in bounded
-  transactions; a failed pass is counted and retried on the next.
+  transactions; a failed pass is counted and retried on the next. Each pass also posts this
+  process's change-log position and prunes the subscription change log up to what every live
+  process has applied (SubscriptionStore.prune_changes).
 
 Only kinds with a channel are leased: actions of another kind wait, pending, until a server with
 that channel runs. LMDB calls block (a durable commit is an fsync), so they run on a small
@@ -49,6 +53,11 @@ class DriverSettings:
     retention_s: float = 7 * 86400.0  # finished actions (and their events) kept this long
     dead_letter_retention_s: float = 30 * 86400.0  # dead letters kept this long (0: for ever)
     deletion_batch: int = 500  # actions per deletion transaction
+    stats_interval_s: float = 1.0  # how often this process's counts join the shared totals
+    change_log_batch: int = 10_000  # change-log entries pruned per transaction
+    # A process that has not posted its change-log position this long (a deletion pass posts
+    # it) is taken for gone; if it comes back behind the pruned log, it rebuilds its index.
+    reader_ttl_s: float = 600.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
 
@@ -93,6 +102,7 @@ class Drivers:
             asyncio.create_task(
                 self._loop("deletion", self.delete_finished, s.deletion_interval_s)
             ),
+            asyncio.create_task(self._loop("stats", self._flush_stats, s.stats_interval_s)),
         ]
         self._tasks += [
             asyncio.create_task(self._action_worker(f"{self.name}:{i}"))
@@ -114,6 +124,10 @@ class Drivers:
             await asyncio.gather(*pending, return_exceptions=True)
         for c in self.channels.values():
             await c.close()
+        try:
+            await self._run(lambda: self.service.store.forget_reader(self.name))
+        except Exception as e:  # its row expires after reader_ttl_s anyway
+            print(f"heliostat: change-log reader: {e!r}", file=sys.stderr, flush=True)
         self._executor.shutdown(wait=True)
 
     async def _loop(
@@ -160,6 +174,10 @@ class Drivers:
         if self._loop_ref is not None:
             self._loop_ref.call_soon_threadsafe(self._work.set)
 
+    def _flush_stats(self) -> bool:
+        self.stats.flush()
+        return False
+
     def recover(self) -> bool:
         n = self.ledger.requeue_expired(now_us(), 1000)
         if n:
@@ -168,9 +186,14 @@ class Drivers:
         return n >= 1000
 
     def delete_finished(self) -> bool:
-        """One bounded deletion step: logs first, then the actions and emptied events; finished
-        actions past the retention, then dead letters past theirs. Returns whether more wait."""
-        s, now = self.settings, now_us()
+        """One bounded deletion step: the change log up to what every live process has applied;
+        then logs first, then the actions and emptied events; finished actions past the
+        retention, then dead letters past theirs. Returns whether more wait."""
+        s = self.settings
+        ttl_us = int(max(s.reader_ttl_s, 3 * s.deletion_interval_s) * US)
+        pruned, _ = self.service.prune_changes(self.name, ttl_us, s.change_log_batch)
+        self.stats.count("changes_pruned", pruned)
+        now = now_us()
         ledger = self.ledger
         done = ledger.finished_before(now - int(s.retention_s * US), s.deletion_batch)
         more = self._delete(done, ledger.delete_actions, "deleted_actions")
@@ -178,7 +201,7 @@ class Drivers:
             before = now - int(s.dead_letter_retention_s * US)
             dead = ledger.dead_before(before, s.deletion_batch)
             more |= self._delete(dead, ledger.delete_dead, "dead_letters_expired")
-        return more
+        return more or pruned >= s.change_log_batch
 
     def _delete(
         self, entries: list[bytes], remove: Callable[[list[bytes]], tuple[int, int]], counter: str

@@ -6,7 +6,8 @@ existence is not revealed. The operator sees and changes all.
 
 Changes are written to LMDB first; the in-memory index then catches up from the store's change
 log (``_catch_up``), before every match too, so it follows the writes of every process serving
-the same store (``serve --processes N``), in the store's order.
+the same store (``serve --processes N``), in the store's order. An index further behind than
+the pruned change log reaches is rebuilt from the store (``_rebuild``).
 
 Creates, updates and deletes go through a group commit (heliostat.subscriptions.groupcommit):
 those arriving together are checked one by one against the state the earlier ones in the batch
@@ -54,8 +55,8 @@ from heliostat.subscriptions.model import (
     validate_subscription,
 )
 from heliostat.subscriptions.notifications import Notifications, Watch, WatchFilter
-from heliostat.subscriptions.stats import PipelineCounts, PipelineStats
-from heliostat.subscriptions.store import SubscriptionStore, action_key
+from heliostat.subscriptions.stats import PipelineCounts, PipelineStats, StatsLog
+from heliostat.subscriptions.store import ChangesPruned, SubscriptionStore, action_key
 
 MAX_PAGE = 1000
 MAX_PUBLISH = 1000
@@ -144,11 +145,12 @@ class SubscriptionService:
             self.engine = MatchEngine.from_rows(rows, attrs, colls)
             self.ledger = Ledger(self.store)
             self.notifications = Notifications(self.store)
+            # Summed over every process serving the store (see stats); flushed by the drivers.
+            self.stats = PipelineStats(StatsLog(self.store))
         except BaseException:
             self.store.close()
             raise
         self._lock = threading.Lock()  # orders store writes with index updates
-        self.stats = PipelineStats()
         self._on_record: list[Callable[[], None]] = []
         self._writes: GroupCommit[_Write, Subscription] = GroupCommit(
             self._apply, name="subscription-writes"
@@ -161,7 +163,10 @@ class SubscriptionService:
         self._writes.close()
         self._publishes.close()
         self.notifications.close()
-        self.store.close()
+        try:
+            self.stats.flush()  # what this process counted outlives it
+        finally:
+            self.store.close()
 
     def _load_collections(self) -> None:
         self._collections = {c.key: c for c in self.store.collections()}
@@ -170,12 +175,33 @@ class SubscriptionService:
     def _catch_up(self) -> None:
         """Apply the subscription writes logged since the index's generation; caller holds
         the lock."""
-        self._generation, changed = self.store.changes_after(self._generation)
+        try:
+            self._generation, changed = self.store.changes_after(self._generation)
+        except ChangesPruned:
+            self._rebuild()
+            return
         for sid, s in changed.items():
             if s is None:
                 self.engine.remove(sid)
             else:
                 self.engine.upsert(s)
+
+    def _rebuild(self) -> None:
+        """Build the index afresh from the store (its changes since were pruned); caller holds
+        the lock."""
+        self._load_collections()
+        rows, attrs, colls, self._generation = self.store.index_data()
+        self.engine = MatchEngine.from_rows(rows, attrs, colls)
+        self.stats.count("index_rebuilds")
+
+    def prune_changes(self, reader: str, ttl_us: int, limit: int) -> tuple[int, int]:
+        """One bounded pass over the change log: the index catches up, this process posts its
+        position as ``reader``, and up to limit entries every live reader has applied are
+        removed (SubscriptionStore.prune_changes); returns (removed, pruned up to)."""
+        with self._lock:
+            self._catch_up()
+            position = self._generation
+        return self.store.prune_changes(reader, position, now_us(), ttl_us, limit)
 
     def authenticate(self, token: str) -> Principal | None:
         return authenticate(self.store, token)

@@ -11,6 +11,14 @@ subscription written), which lets every process that serves the store bring its 
 up to date with writes made by the others. Ids and action keys are big-endian, so these
 queues append at the end of their trees and scan in order.
 
+The change log is pruned (``prune_changes``, from the deletion driver) up to the lowest position
+posted by a live reader: each serving process posts the generation its index has applied, with a
+heartbeat, and a reader silent longer than its time to live no longer holds the log back. The
+last generation removed is kept in ``meta``; a reader further behind (stalled past its time to
+live, or never posted) gets ChangesPruned and rebuilds from the subscriptions themselves
+(``index_data``), so pruning never makes a reader miss a change. The horizon and the entries it
+covers go in one transaction: a crash mid-pass leaves either both or neither.
+
 An accepted event batch and every action its matches produce are written in one synced
 transaction (``record``), so an event acknowledged to its publisher has all of its actions, and a
 retried transaction cannot duplicate any (an action's key is its stable id). Catalog events carry
@@ -61,6 +69,9 @@ _NEXT_SUB = b"next_sub_id"
 _NEXT_EVENT = b"next_event_id"
 _CATALOG_SEQ = b"catalog_seq"
 _NEXT_GEN = b"next_generation"
+_PRUNED_GEN = b"changes_pruned"  # the last generation removed from the change log
+_READER = b"change_reader\0"  # + reader name → its generation and heartbeat (µs)
+_READER_ROW = struct.Struct(">QQ")
 _MATCHED_SUBS_MAX = 1 << 21  # subscriptions whose action lists recording keeps in memory
 _OWNER_ROWS = b"owner_rows_by_batch"  # set once actions_by_owner holds (batch, owner) rows
 _U64 = struct.Struct(">Q")
@@ -77,6 +88,15 @@ def _dumps(v: Any) -> bytes:
 
 def _name_key(name: str, sub_id: int) -> bytes:
     return name.encode() + b"\0" + _U64.pack(sub_id)
+
+
+class ChangesPruned(Exception):
+    """The change log no longer holds every change after the generation asked for: rebuild from
+    index_data."""
+
+    def __init__(self, generation: int, pruned: int) -> None:
+        super().__init__(f"changes up to generation {pruned} are pruned; asked after {generation}")
+        self.pruned = pruned
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,15 +285,22 @@ class SubscriptionStore:
         raw = txn.get(_NEXT_GEN, db=self._meta)
         return 0 if raw is None else _U64.unpack(raw)[0] - 1
 
+    def _pruned(self, txn: _Txn) -> int:
+        raw = txn.get(_PRUNED_GEN, db=self._meta)
+        return 0 if raw is None else _U64.unpack(raw)[0]
+
     def changes_after(self, generation: int) -> tuple[int, dict[int, Subscription | None]]:
         """The current generation, and each subscription written after ``generation`` as it is
-        now (None: deleted)."""
+        now (None: deleted); ChangesPruned when some of those changes are no longer logged."""
 
         def read(txn: _Txn) -> tuple[int, dict[int, Subscription | None]]:
             current = self._generation(txn)
             out: dict[int, Subscription | None] = {}
             if current == generation:
                 return current, out
+            pruned = self._pruned(txn)
+            if generation < pruned:
+                raise ChangesPruned(generation, pruned)
             cur = txn.cursor(self._changes)
             found = cur.set_range(_U64.pack(generation + 1))
             while found:
@@ -284,6 +311,49 @@ class SubscriptionStore:
             return current, out
 
         return self._db.read(read)
+
+    def prune_changes(
+        self, reader: str, position: int, now_us: int, ttl_us: int, limit: int
+    ) -> tuple[int, int]:
+        """One bounded pass: post this reader's position (the generation its index has applied)
+        and heartbeat, forget readers silent for ttl_us, and remove up to limit of the oldest
+        change-log entries at or below every live reader's position. Returns (entries removed,
+        the generation pruned up to)."""
+
+        def write(txn: _Txn) -> tuple[int, int]:
+            txn.put(_READER + reader.encode(), _READER_ROW.pack(position, now_us), db=self._meta)
+            upto = self._generation(txn)
+            cur = txn.cursor(self._meta)
+            found = cur.set_range(_READER)
+            gone = []
+            while found and cur.key().startswith(_READER):
+                gen, beat = _READER_ROW.unpack(cur.value())
+                if beat < now_us - ttl_us:
+                    gone.append(cur.key())
+                else:
+                    upto = min(upto, gen)
+                found = cur.next()
+            for k in gone:
+                txn.delete(k, db=self._meta)
+            pruned = self._pruned(txn)
+            cur = txn.cursor(self._changes)
+            removed = 0
+            while removed < limit and cur.first():
+                gen = _U64.unpack(cur.key())[0]
+                if gen > upto:
+                    break
+                cur.delete()
+                removed += 1
+                pruned = gen
+            if removed:
+                txn.put(_PRUNED_GEN, _U64.pack(pruned), db=self._meta)
+            return removed, pruned
+
+        return self._db.write(write)
+
+    def forget_reader(self, reader: str) -> None:
+        """A reader that stops (gracefully) no longer holds the change log back."""
+        self._db.write(lambda txn: txn.delete(_READER + reader.encode(), db=self._meta))
 
     def _put_sub(self, txn: _Txn, s: Subscription, old: Subscription | None) -> None:
         key = _U64.pack(s.id)
@@ -458,7 +528,11 @@ class SubscriptionStore:
         known = self._matched_subs
         gen = self._generation(txn)
         if gen != self._matched_gen:
-            if self._matched_gen < 0 or gen - self._matched_gen > len(known):
+            if (
+                self._matched_gen < 0
+                or gen - self._matched_gen > len(known)
+                or self._pruned(txn) > self._matched_gen  # some of the changes are gone
+            ):
                 known.clear()
             else:
                 cur = txn.cursor(self._changes)

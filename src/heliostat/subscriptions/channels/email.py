@@ -6,8 +6,8 @@ over either limit come back as ``retry`` with ``retry_after_s`` set to when the 
 mail again, so they fold into that later digest instead of flooding the mailbox (a reprocessing
 campaign matches thousands of granules). The send log (channels.sendlog) is durable in the
 subscription store, in wall-clock time, so the limits hold across restarts and across the
-processes serving one store (two processes mailing one address in the same instant may each send:
-the check and the log are separate transactions).
+processes serving one store: each batch's addresses are checked and their slots taken in one
+transaction before any is mailed, and the slots of mails not sent are given back (see sendlog).
 
 Each mail names its action ids in a ``Heliostat-Action-Ids`` header and in the body, so a receiver
 can drop one it has seen (delivery is at least once: a crash between the server's 250 and the
@@ -41,7 +41,7 @@ import lmdb
 
 from heliostat.archive.times import iso
 from heliostat.subscriptions.channels.base import Delivery, Result
-from heliostat.subscriptions.channels.sendlog import SendLog
+from heliostat.subscriptions.channels.sendlog import Limits, SendLog
 from heliostat.subscriptions.model import ActionKind, MatchedAction, Subscription
 
 Security = Literal["none", "starttls", "tls"]
@@ -76,9 +76,12 @@ class EmailChannel:
         self._smtp: aiosmtplib.SMTP | None = None
         self._last_used = 0.0
         self._swept = 0.0
-        self._unlogged: list[tuple[str, int]] = []  # (address, time µs) accepted, not logged yet
-        self._logger: asyncio.Task[None] | None = None
-        self._lock = asyncio.Lock()  # one SMTP conversation and one send log at a time
+        self._limits = Limits(
+            int(settings.digest_window_s * 1e6),
+            settings.rate_limit,
+            int(settings.rate_window_s * 1e6),
+        )
+        self._lock = asyncio.Lock()  # one SMTP conversation at a time
 
     async def deliver(self, batch: Sequence[Delivery]) -> list[Result]:
         results: list[Result | None] = [None] * len(batch)
@@ -90,31 +93,40 @@ class EmailChannel:
             else:
                 results[i] = Result("failed", "the action has no address")
         async with self._lock:
-            try:
-                await self._deliver(batch, by_address, results)
-            finally:
-                await self._logged()  # even when stopped midway: those mails are out
+            await self._deliver(batch, by_address, results)
         return [r for r in results if r is not None]
 
     async def _deliver(
         self, batch: Sequence[Delivery], by_address: dict[str, list[int]],
         results: list[Result | None],
     ) -> None:  # fmt: skip
-        sent = await self._sent(list(by_address))
+        t_us, waits = await self._reserve(list(by_address))
+        unsent = [a for a in by_address if not waits.get(a)]  # reserved, not sent yet
         down: Result | None = None  # once the server is out of reach, the rest wait too
-        for address, idx in by_address.items():
-            wait = self._wait_s(sent.get(address, []))
-            if down is not None:
-                r = down
-            elif wait > 0:
-                r = Result("retry", f"rate limited: next mail to {address} in {wait:.0f} s", wait)
-            else:
+        try:
+            for address, idx in by_address.items():
+                wait = waits.get(address, 0) / 1e6
+                if down is not None:
+                    r = down
+                elif wait > 0:
+                    why = f"rate limited: next mail to {address} in {wait:.0f} s"
+                    r = Result("retry", why, wait)
+                else:
+                    unsent.remove(address)  # cancelled while sending: its fate is unknown
+                    try:
+                        r, maybe_sent = await self._send(address, [batch[i] for i in idx])
+                    except _Unreachable as e:
+                        r, maybe_sent, down = e.result, e.maybe_sent, e.result
+                    if not maybe_sent:
+                        unsent.append(address)
+                for i in idx:
+                    results[i] = r
+        finally:  # even when stopped midway: the slots of mails not sent are free again
+            if unsent and self._limited():
                 try:
-                    r = await self._send(address, [batch[i] for i in idx])
-                except _Unreachable as e:
-                    r = down = e.result
-            for i in idx:
-                results[i] = r
+                    await asyncio.to_thread(self.log.release, [(a, t_us) for a in unsent])
+                except lmdb.Error as e:  # the mails sent must not be retried: slots stay taken
+                    print(f"heliostat: e-mail send log: {e!r}", file=sys.stderr, flush=True)
 
     async def close(self) -> None:
         async with self._lock:
@@ -125,68 +137,23 @@ class EmailChannel:
     def _limited(self) -> bool:
         return self.settings.rate_limit > 0 or self.settings.digest_window_s > 0
 
-    def _window_us(self) -> int:
-        s = self.settings
-        return int(max(s.rate_window_s if s.rate_limit else 0.0, s.digest_window_s) * 1e6)
-
-    async def _sent(self, addresses: list[str]) -> dict[str, list[int]]:
-        """The addresses' last mail times (and, at most once a minute, forget those whose last
-        mail no longer limits them)."""
+    async def _reserve(self, addresses: list[str]) -> tuple[int, dict[str, int]]:
+        """Take a send slot now for each address the limits allow (and, at most once a minute,
+        forget those whose last mail no longer limits them); returns the time of the slots and
+        each address's wait in µs (0: reserved)."""
+        now_us = time.time_ns() // 1000
         if not self._limited():
-            return {}
-        now = time.time()
-        if now - self._swept >= 60:
-            self._swept = now
-            await asyncio.to_thread(self.log.prune, int(now * 1e6) - self._window_us())
-        return await asyncio.to_thread(self.log.times, addresses)
-
-    # Each accepted mail is logged as soon as the server has answered 250, not with the result:
-    # the driver records the results in one ledger transaction once the whole batch is sent, so
-    # a crash in between would lose every send of the batch, and a restart could then mail those
-    # addresses again at once. Here a crash loses at most the mails accepted while one log
-    # commit was in flight (they are sent again on retry: at least once, as ever), and no mail
-    # is counted that the server did not accept. The commits run beside the next mails' SMTP
-    # conversations, several mails to one commit, and deliver() returns only once all are done.
-
-    def _log_sent(self, address: str) -> None:
-        self._unlogged.append((address, int(time.time() * 1e6)))
-        if self._logger is None or self._logger.done():
-            self._logger = asyncio.create_task(self._flush())
-
-    async def _flush(self) -> None:
-        while self._unlogged:
-            sent, self._unlogged = self._unlogged, []
-            now_us = max(t for _, t in sent)
-            keep = max(self.settings.rate_limit, 1)
-            await asyncio.to_thread(self.log.add, sent, keep, now_us - self._window_us())
-
-    async def _logged(self) -> None:
-        """Wait for the mails sent so far to be logged."""
-        logger, self._logger = self._logger, None
-        if logger is None:
-            return
-        try:
-            await logger
-        except lmdb.Error as e:  # the mails are out: retrying them would repeat them
-            self._unlogged.clear()
-            print(f"heliostat: e-mail send log: {e!r}", file=sys.stderr, flush=True)
-
-    def _wait_s(self, sent: list[int]) -> float:
-        """Seconds until an address with these last mail times may get its next (0: now)."""
-        s = self.settings
-        if not sent:
-            return 0.0
-        now = time.time() * 1e6
-        wait = sent[-1] + s.digest_window_s * 1e6 - now
-        if s.rate_limit and len(sent) >= s.rate_limit:
-            wait = max(wait, sent[-s.rate_limit] + s.rate_window_s * 1e6 - now)
-        # A clock set back waits one window at most.
-        return min(max(wait / 1e6, 0.0), self._window_us() / 1e6)
+            return now_us, {}
+        if now_us / 1e6 - self._swept >= 60:
+            self._swept = now_us / 1e6
+            await asyncio.to_thread(self.log.prune, now_us - self._limits.window_us)
+        return now_us, await asyncio.to_thread(self.log.reserve, addresses, now_us, self._limits)
 
     # -- SMTP ------------------------------------------------------------------------------------
 
-    async def _send(self, address: str, deliveries: list[Delivery]) -> Result:
-        """The server's answer to the mail; raises _Unreachable when the connection fails."""
+    async def _send(self, address: str, deliveries: list[Delivery]) -> tuple[Result, bool]:
+        """The server's answer to the mail, and whether it may have been sent (accepted, or lost
+        mid-conversation); raises _Unreachable when the connection fails."""
         message = render(self.settings.sender, address, deliveries)
         for fresh in (False, True):
             try:
@@ -194,26 +161,25 @@ class EmailChannel:
             except (aiosmtplib.SMTPException, OSError, TimeoutError) as e:
                 # Not this address's fault (no server, TLS or login trouble): try again later.
                 await self._disconnect()
-                raise _Unreachable(f"no SMTP session: {_reason(e)}") from e
+                raise _Unreachable(f"no SMTP session: {_reason(e)}", maybe_sent=False) from e
             try:
                 _, reply = await smtp.sendmail(self.settings.sender, [address], message)
             except aiosmtplib.SMTPRecipientsRefused as e:
                 refused = e.recipients[0]
-                return _reply_result(refused.code, refused.message)
+                return _reply_result(refused.code, refused.message), False
             except aiosmtplib.SMTPServerDisconnected as e:
                 await self._disconnect()
                 if fresh:
-                    raise _Unreachable(f"connection lost: {e}") from e
+                    raise _Unreachable(f"connection lost: {e}", maybe_sent=True) from e
                 continue  # a reused connection may have been closed by the server: once more
             except aiosmtplib.SMTPResponseException as e:
-                return _reply_result(e.code, e.message)
+                r = _reply_result(e.code, e.message)
+                return r, r.outcome == "delivered"
             except (aiosmtplib.SMTPException, OSError, TimeoutError) as e:
                 await self._disconnect()  # a timeout: the server may be stuck
-                raise _Unreachable(_reason(e)) from e
+                raise _Unreachable(_reason(e), maybe_sent=True) from e
             self._last_used = time.monotonic()
-            if self._limited():
-                self._log_sent(address)
-            return Result("delivered", f"250 {reply}")
+            return Result("delivered", f"250 {reply}"), True
         raise AssertionError("unreachable")
 
     async def _connection(self, fresh: bool) -> aiosmtplib.SMTP:
@@ -245,9 +211,10 @@ class EmailChannel:
 
 
 class _Unreachable(Exception):
-    def __init__(self, detail: str) -> None:
+    def __init__(self, detail: str, *, maybe_sent: bool) -> None:
         super().__init__(detail)
         self.result = Result("retry", detail)
+        self.maybe_sent = maybe_sent  # lost mid-conversation: the server may have accepted it
 
 
 def _reason(e: BaseException) -> str:
