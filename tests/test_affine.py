@@ -221,7 +221,7 @@ def test_warp_is_the_same_on_one_thread_or_many(simd: bool) -> None:
 
     src = np.random.default_rng(5).integers(0, 256, (300, 300), dtype=np.uint8)
     m = _rotation(10.0, 1.2, 30.0, -20.0)
-    fn = _simd_row(m) if simd else 0
+    fn = _simd_row(m, 2) if simd else 0
     if simd and not fn:
         pytest.skip("this CPU has no AVX-512 VBMI")
     outs = []
@@ -244,10 +244,13 @@ def _general(src: np.ndarray, m: np.ndarray, shape: tuple[int, int], fn: int) ->
 
     out = np.empty(shape, np.uint8)
     alpha = np.empty(shape, np.uint8)
-    n = max(1, math.ceil(max(math.hypot(m[0, 0], m[1, 0]), math.hypot(m[0, 1], m[1, 1])) - 1e-6))
     flat, pitch = _rows(src)
-    _warp_general(src, flat, pitch, m, n, out, alpha, 2, fn)
+    _warp_general(src, flat, pitch, m, _side(m), out, alpha, 2, fn)
     return out, alpha
+
+
+def _side(m: np.ndarray) -> int:
+    return max(1, math.ceil(max(math.hypot(m[0, 0], m[1, 0]), math.hypot(m[0, 1], m[1, 1])) - 1e-6))
 
 
 def _simd_or_skip(m: np.ndarray) -> int:
@@ -255,12 +258,12 @@ def _simd_or_skip(m: np.ndarray) -> int:
 
     if not _BILINEAR_ROW:
         pytest.skip("this CPU has no AVX-512 VBMI")
-    return _simd_row(m)
+    return _simd_row(m, _side(m))
 
 
 @pytest.mark.parametrize(
     ("deg", "scale"),
-    [(10.0, 1.0), (-7.4, 1.0), (-7.4, 0.45), (170.0, 1.0), (3.0, 1.9), (-12.0, 1.3)],
+    [(10.0, 1.0), (-7.4, 1.0), (-7.4, 0.45), (170.0, 1.0), (3.0, 1.9), (-12.0, 1.3), (20.0, 2.6)],
 )
 def test_simd_rows_equal_the_numba_path_on_a_real_image(
     aia_image: np.ndarray, deg: float, scale: float

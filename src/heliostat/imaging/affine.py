@@ -149,7 +149,7 @@ def warp_affine(src: U8Array, m: F64Array, out: U8Array, alpha: U8Array) -> None
         ax, bx, ay, by = m[0, 0], m[0, 2], m[1, 1], m[1, 2]
         _warp_separable(flat, pitch, src.shape[1], ax, bx, ay, by, n, out, alpha, chunks)
     else:
-        _warp_general(src, flat, pitch, m, n, out, alpha, chunks, _simd_row(m))
+        _warp_general(src, flat, pitch, m, n, out, alpha, chunks, _simd_row(m, n))
 
 
 # hs_bilinear_row (ext/bilinear_row.h) where the CPU has AVX-512 VBMI; HELIOSTAT_SIMD=0 turns
@@ -163,9 +163,10 @@ _BILINEAR_ROW = _simd.bilinear_row_address() if os.environ.get("HELIOSTAT_SIMD",
 _SIMD_MAX_DROP = 0.36
 
 
-def _simd_row(m: F64Array) -> int:
-    """Address of the SIMD row kernel if it serves this matrix's steps along a row, else 0."""
-    fits = abs(m[0, 0]) <= _simd.MAX_STEP and abs(m[1, 0]) <= _SIMD_MAX_DROP
+def _simd_row(m: F64Array, n: int) -> int:
+    """Address of the SIMD row kernel if it serves this matrix's sample steps along a row (n × n
+    samples a pixel), else 0."""
+    fits = abs(m[0, 0]) / n <= _simd.MAX_STEP and abs(m[1, 0]) / n <= _SIMD_MAX_DROP
     return _BILINEAR_ROW if fits else 0
 
 
@@ -607,7 +608,7 @@ def _general_rows(
     fys = np.empty(w_out, np.int32)
     quads = np.empty(w_out, np.uint32)
     acc = np.empty(w_out, np.int64)
-    sample = np.empty(w_out, np.uint8)
+    sample = np.empty(w_out * round(math.sqrt(count)), np.uint8)
     # Rows in the order that moves their source paths rightwards, to higher addresses: the other
     # order takes twice as long at 4096² (measured at ±10°; cache prefetch follows addresses up).
     backwards = m[0, 1] < 0.0
@@ -683,7 +684,10 @@ def _simd_interior(
     sample: U8Array,
     acc: I64Array,
 ) -> None:
-    """o[u0 + i], i < n: the mean of the samples at offsets (fix_x, fix_y) through simd."""
+    """o[u0 + i], i < n: the mean of the side × side samples at offsets (fix_x, fix_y) through
+    simd. A pixel's samples in one of its sub-rows continue those of the pixel before at the same
+    spacing, so each sub-row is one run of side·n samples at step/side: the source rows a run of
+    64 crosses are fewer by side than sampling each offset across the row in turn."""
     count = fix_x.size
     if count == 1:
         _call_row(
@@ -691,20 +695,26 @@ def _simd_interior(
             np.int64(py + fix_y[0]), np.int64(ax), np.int64(ay), np.int64(n), o, np.int64(u0),
         )  # fmt: skip
         return
-    for k in range(count):
+    side = np.int64(round(math.sqrt(count)))
+    sx = (ax + side // 2) // side
+    sy = (ay + side // 2) // side
+    for i in range(side):
         _call_row(
-            np.int64(simd), flat, np.int64(pitch), np.int64(px + fix_x[k]),
-            np.int64(py + fix_y[k]), np.int64(ax), np.int64(ay), np.int64(n), sample, np.int64(0),
+            np.int64(simd), flat, np.int64(pitch), np.int64(px + fix_x[i * side]),
+            np.int64(py + fix_y[i * side]), np.int64(sx), np.int64(sy), np.int64(n * side),
+            sample, np.int64(0),
         )  # fmt: skip
-        if k == 0:
-            for i in range(_I(n)):
-                acc[i] = sample[i]
-        else:
-            for i in range(_I(n)):
-                acc[i] += sample[i]
+        for u in range(_I(n)):
+            total = np.int64(0)
+            for j in range(_I(side)):
+                total += sample[u * _I(side) + j]
+            if i == 0:
+                acc[u] = total
+            else:
+                acc[u] += total
     half = count // 2
-    for i in range(_I(n)):
-        o[_I(u0) + i] = (acc[i] + half) // count
+    for u in range(_I(n)):
+        o[_I(u0) + u] = (acc[u] + half) // count
 
 
 @numba.njit(cache=True, nogil=True, fastmath=True, boundscheck=False)
