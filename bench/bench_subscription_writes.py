@@ -7,7 +7,8 @@ Three ways, each beside its baseline measured in the same run:
 - unary gRPC (Create/Update/DeleteSubscription) from an asyncio client with 64 calls in flight,
   beside a no-op RPC (health Check) from the same client at the same concurrency, measured just
   before: on a 2-core box the client and server share the cores, so the no-op rate is the
-  ceiling of any unary call;
+  ceiling of any unary call; the server's CPU time per call (from /proc) is reported beside the
+  no-op's, which says what one core of a host without the client on it would sustain;
 - the WriteSubscriptions stream (HeliostatClient.write_subscriptions, 100 writes per message,
   and 1 per message to show the per-message cost), beside the same no-op figure.
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import os
 import random
 import subprocess
 import sys
@@ -177,6 +179,12 @@ def noop_rate(target: str, n: int) -> float:
     return timed(run, n)[0]
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process pid so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def unary(report: Report, srv: RunningServer, token: str, subs: list[pb.Subscription]) -> None:
     auth = (("authorization", f"Bearer {token}"),)
     n = len(subs)
@@ -204,12 +212,21 @@ def unary(report: Report, srv: RunningServer, token: str, subs: list[pb.Subscrip
         return timed(go, n)
 
     ids = list(range(n))
+    pid = srv.proc.pid
     for name in OPS:
+        cpu0 = cpu_seconds(pid)
         base = noop_rate(srv.target, n)
+        cpu1 = cpu_seconds(pid)
         rate, ids = run(name, ids)
+        cpu2 = cpu_seconds(pid)
         report.add(f"{name}, unary gRPC, {IN_FLIGHT} in flight", rate, "ops/s",
                    baseline_name=f"no-op RPC (health Check), {IN_FLIGHT} in flight",
                    baseline_value=base, target=f">= {TARGET:,}/s", met=rate >= TARGET)  # fmt: skip
+        ours_us = (cpu2 - cpu1) / n * 1e6
+        noop_us = (cpu1 - cpu0) / n * 1e6
+        report.add(f"{name}, unary gRPC: server CPU per call", ours_us, "µs",
+                   baseline_name="server CPU per no-op call", baseline_value=noop_us,
+                   one_core_ops_per_s=1e6 / ours_us if ours_us else None)  # fmt: skip
 
 
 def stream(
