@@ -21,7 +21,7 @@ screenshots both resample through it. Rotated matrices take the per-pixel path
 (_warp_general), whose interior pixels go through vectorised position and bilinear passes
 around one scalar fetch of the four neighbours; or, on a CPU with AVX-512 VBMI and within ~20°
 of the axes, through hs_bilinear_row (ext/bilinear_row.h: byte permutes of the source rows a
-run of 64 pixels crosses instead of four loads a pixel; 1.5–4× faster). A three-shear or
+run of 32 pixels crosses instead of four loads a pixel; 1.5–4× faster). A three-shear or
 two-pass decomposition of the rotation was not adopted: it is not bilinear sampling, so it
 would not stay within one grey level of it.
 
@@ -158,7 +158,7 @@ _BILINEAR_ROW = _simd.bilinear_row_address() if os.environ.get("HELIOSTAT_SIMD",
 
 
 # Largest row step down the source (per output pixel) for which the SIMD kernel wins: it loads
-# every source row that 64 samples cross, ~64·step + 2 of them; past ~20° of rotation that
+# every source row that 32 samples cross, ~32·step + 2 of them; past ~20° of rotation that
 # costs what gathering does (measured at 10°, 30°, 60° and 95°).
 _SIMD_MAX_DROP = 0.36
 
@@ -687,7 +687,7 @@ def _simd_interior(
     """o[u0 + i], i < n: the mean of the side × side samples at offsets (fix_x, fix_y) through
     simd. A pixel's samples in one of its sub-rows continue those of the pixel before at the same
     spacing, so each sub-row is one run of side·n samples at step/side: the source rows a run of
-    64 crosses are fewer by side than sampling each offset across the row in turn."""
+    32 crosses are fewer by side than sampling each offset across the row in turn."""
     count = fix_x.size
     if count == 1:
         _call_row(
