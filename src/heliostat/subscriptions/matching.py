@@ -5,29 +5,28 @@ expiry, event-type mask, temporal interval, box, and the numeric and string qual
 (offset, count) slices into flat constraint record arrays. Attribute names and string values
 are interned to ints through dicts, so a string qualifier is an int comparison in the kernel.
 
-Boxes go into an R-tree (``rtree``, over libspatialindex) by position. A box across the
-antimeridian (a geographic box with x_min > x_max: 170..-170) goes in as two pieces, 170..180
-and -180..-170, under the same position. For an event batch, the boxes of all boxed events of a
-collection are looked up in one ``intersection_v`` call, an event across the antimeridian as its
-two pieces; subscriptions without a box are looked up by the event's string values when they
-have a string qualifier (CSR postings from interned value to positions, by their first string
-qualifier), scanned otherwise. One Numba kernel per collection then checks every candidate
+Boxes go into a packed R-tree by position (``_pack``: sort-tile-recursive, nodes of 16, flat
+numpy arrays), searched inside the kernel, so a candidate costs no call and no copy.
+libspatialindex (``rtree``) was used before: at 10^6 subscriptions its query and Python wrapper
+were ~40% of matching, and the engine went from 33-34k to 55k events/s without it. A box across
+the antimeridian (a geographic box with x_min > x_max: 170..-170) goes in as two pieces,
+170..180 and -180..-170, under the same position; an event across it is looked up as its two
+pieces. Subscriptions without a box are looked up by the event's string values when they have a
+string qualifier (CSR postings from interned value to positions, by their first string
+qualifier), scanned otherwise. One Numba kernel per collection finds and checks every candidate
 exactly (liveness, type, time overlap, box, numeric ranges, strings). A pair met through two
 pieces comes twice and is dropped after matching.
 
-``rtree`` is not thread-safe even for reads and its deletes are slow in overlapping trees (a
-search plus a condense), so every access to a tree is under the engine's lock, and removal never
-touches it: a removed or replaced subscription's position is tombstoned (``alive`` false, which
-the kernel checks) and a new version appended, its pieces inserted into the tree (inserts are
-cheap; keeping them in a list every event scans, bulk-loading again past 256, was measured
-slower under churn at 10^4 per collection: 38-42 against 31-38 µs per upsert and 76-80
-against 49-60 µs per matched event). When tombstones reach a quarter of the positions the
-collection is compacted and its tree bulk-loaded again (libspatialindex's stream load, fed from
-numpy arrays).
+A packed tree is not updated in place: a new or replaced subscription's position is appended
+(the old one tombstoned: ``alive`` false, which the kernel checks) and its pieces are kept in a
+short list every query scans, packed into a fresh tree when they pass a sixteenth of the tree
+(at least 256; packing 10^4 pieces takes ~1.6 ms, and an upsert at 10^4 per collection cost 16
+µs against 26 with rtree inserts). When tombstones reach a quarter of the positions the
+collection is compacted and its tree packed again. Every access is under the engine's lock.
 
 At start the index is built from the store's fixed-size rows (``index_row``: 72 bytes per
 subscription, read as one numpy array) plus the attribute qualifiers of the subscriptions that
-have any, so a restart decodes no JSON for most subscriptions; each tree is bulk-loaded then.
+have any, so a restart decodes no JSON for most subscriptions; each tree is packed then.
 """
 
 from __future__ import annotations
@@ -41,7 +40,6 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from numba import njit
-from rtree import index as rindex
 
 from heliostat.subscriptions.model import (
     EVENT_TYPES,
@@ -56,6 +54,8 @@ from heliostat.subscriptions.model import (
 
 _TYPE_BIT = {t: np.uint8(1 << i) for i, t in enumerate(EVENT_TYPES)}
 _MIN_COMPACT = 1024
+_FANOUT = 16  # entries per tree node
+_MAX_LATE = 256  # pieces inserted since the tree was packed, at least, before packing again
 # One subscription's matching fields, as stored for rebuilding (struct layout = ROW dtype).
 _ROW = struct.Struct("<qqqq4dIBBBB")
 ROW = np.dtype(
@@ -73,7 +73,6 @@ B = npt.NDArray[np.bool_]
 
 _NO_VALUE = -1  # interned id of a string value no qualifier names
 _LON = 180.0
-_NONE = np.zeros(0, np.int64)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -122,6 +121,12 @@ def _check(
     return True
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _meet(a: Any, x0: float, y0: float, x1: float, y1: float) -> bool:
+    """Overlap of box a (a row x0, y0, x1, y1, not across the antimeridian) and a query box."""
+    return bool(a[0] <= x1 and x0 <= a[2] and a[1] <= y1 and y0 <= a[3])
+
+
 @njit(cache=True, nogil=True)
 def _take(
     e: int, items: Any, lo: int, hi: int, out_e: Any, out_p: Any, n: int, now: int,
@@ -131,41 +136,129 @@ def _take(
     """Append (e, p) for the candidates p = items[lo:hi] that match event e."""
     for k in range(lo, hi):
         p = items[k]
-        if not _check(
+        if _check(
             e, p, now, ev_type, ev_t0, ev_t1, ev_has_box, ev_box, ev_num, ev_str,
             subs, nums, strs,
         ):  # fmt: skip
-            continue
-        if n == out_e.shape[0]:
-            out_e = np.concatenate((out_e, np.empty(n, np.int64)))
-            out_p = np.concatenate((out_p, np.empty(n, np.int64)))
-        out_e[n] = e
-        out_p[n] = p
-        n += 1
+            out_e, out_p, n = _push(out_e, out_p, n, e, p)
     return out_e, out_p, n
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _push(out_e: Any, out_p: Any, n: int, e: int, p: int) -> Any:
+    if n == out_e.shape[0]:
+        out_e = np.concatenate((out_e, np.empty(n, np.int64)))
+        out_p = np.concatenate((out_p, np.empty(n, np.int64)))
+    out_e[n] = e
+    out_p[n] = p
+    return out_e, out_p, n + 1
+
+
+@njit(cache=True, nogil=True)
+def _str_order(box: Any) -> Any:
+    """Sort-tile-recursive order of boxes: vertical slices by x centre, each by y centre, so
+    that runs of _FANOUT consecutive boxes are compact."""
+    n = box.shape[0]
+    cx = box[:, 0] + box[:, 2]
+    cy = box[:, 1] + box[:, 3]
+    order = np.argsort(cx)
+    groups = (n + _FANOUT - 1) // _FANOUT
+    run = max(1, int(np.ceil(np.sqrt(groups)))) * _FANOUT
+    for s in range(0, n, run):
+        seg = order[s : s + run].copy()
+        order[s : s + run] = seg[np.argsort(cy[seg])]
+    return order
+
+
+@njit(cache=True, nogil=True)
+def _pack(pos: Any, box: Any) -> Any:
+    """A packed R-tree of the boxes (by position): items in tree order, then the nodes bottom
+    up, each covering a run of items (the first ``n_leaf`` nodes) or of nodes; the root last."""
+    n = box.shape[0]
+    order = _str_order(box)
+    item_pos = pos[order]
+    item_box = box[order]
+    total = 0
+    k = n
+    while k > 1 or (k == 1 and total == 0):
+        k = (k + _FANOUT - 1) // _FANOUT
+        total += k
+    node_box = np.empty((total, 4), np.float64)
+    node_lo = np.empty(total, np.int64)
+    node_hi = np.empty(total, np.int64)
+    below, below_start, below_n = item_box, 0, n  # the level being grouped
+    at = 0
+    n_leaf = (n + _FANOUT - 1) // _FANOUT
+    while at < total:
+        if at > 0:  # a level of nodes: in STR order first (children move with their node)
+            perm = below_start + _str_order(node_box[below_start : below_start + below_n])
+            node_box[below_start : below_start + below_n] = node_box[perm]
+            node_lo[below_start : below_start + below_n] = node_lo[perm]
+            node_hi[below_start : below_start + below_n] = node_hi[perm]
+            below = node_box
+        start = at
+        for lo in range(0, below_n, _FANOUT):
+            hi = min(below_n, lo + _FANOUT)
+            b = node_box[at]
+            b[0], b[1], b[2], b[3] = np.inf, np.inf, -np.inf, -np.inf
+            for c in range(below_start + lo, below_start + hi):
+                b[0] = min(b[0], below[c, 0])
+                b[1] = min(b[1], below[c, 1])
+                b[2] = max(b[2], below[c, 2])
+                b[3] = max(b[3], below[c, 3])
+            node_lo[at], node_hi[at] = below_start + lo, below_start + hi
+            at += 1
+        below_start, below_n = start, at - start
+    return item_pos, item_box, node_box, node_lo, node_hi, n_leaf
 
 
 @njit(cache=True, nogil=True)
 def _match_kernel(
-    evs: Any, qev: Any, qcount: Any, hits: Any, now: int,
+    evs: Any, qev: Any, qbox: Any, now: int,
     ev_type: Any, ev_t0: Any, ev_t1: Any, ev_has_box: Any, ev_box: Any, ev_num: Any, ev_str: Any,
     subs: Any, nums: Any, strs: Any,
+    item_pos: Any, item_box: Any, node_box: Any, node_lo: Any, node_hi: Any, n_leaf: int,
+    late_pos: Any, late_box: Any,
     scan: Any, post_keys: Any, post_start: Any, post_items: Any,
 ) -> Any:  # fmt: skip
-    """(event, position) of every match among the tree's hits (``qcount[r]`` positions in
-    ``hits`` for query piece r, of event ``qev[r]``) and the unboxed subscriptions of the
-    events ``evs``; a pair may repeat (see the module docstring)."""
+    """(event, position) of every match: the boxed subscriptions met by query piece r (box
+    ``qbox[r]`` of event ``qev[r]``) in the tree and among the boxes inserted since it was
+    packed, and the unboxed subscriptions of the events ``evs``; a pair may repeat (see the
+    module docstring)."""
     out_e = np.empty(64, np.int64)
     out_p = np.empty(64, np.int64)
     n = 0
-    j = 0
+    root = node_box.shape[0] - 1
+    stack = np.empty(_FANOUT * 64, np.int64)  # depth x fan-out: 64 levels is 16^64 boxes
     for r in range(qev.shape[0]):
-        out_e, out_p, n = _take(
-            qev[r], hits, j, j + qcount[r], out_e, out_p, n, now,
-            ev_type, ev_t0, ev_t1, ev_has_box, ev_box, ev_num, ev_str,
-            subs, nums, strs,
-        )  # fmt: skip
-        j += qcount[r]
+        e = qev[r]
+        x0, y0, x1, y1 = qbox[r, 0], qbox[r, 1], qbox[r, 2], qbox[r, 3]
+        top = 0
+        if root >= 0:
+            stack[0] = root
+            top = 1
+        while top:
+            top -= 1
+            nd = stack[top]
+            if not _meet(node_box[nd], x0, y0, x1, y1):
+                continue
+            if nd >= n_leaf:
+                for c in range(node_lo[nd], node_hi[nd]):
+                    stack[top] = c
+                    top += 1
+                continue
+            for k in range(node_lo[nd], node_hi[nd]):
+                if _meet(item_box[k], x0, y0, x1, y1) and _check(
+                    e, item_pos[k], now, ev_type, ev_t0, ev_t1, ev_has_box, ev_box, ev_num,
+                    ev_str, subs, nums, strs,
+                ):  # fmt: skip
+                    out_e, out_p, n = _push(out_e, out_p, n, e, item_pos[k])
+        for k in range(late_pos.shape[0]):
+            if _meet(late_box[k], x0, y0, x1, y1) and _check(
+                e, late_pos[k], now, ev_type, ev_t0, ev_t1, ev_has_box, ev_box, ev_num,
+                ev_str, subs, nums, strs,
+            ):  # fmt: skip
+                out_e, out_p, n = _push(out_e, out_p, n, e, late_pos[k])
     for e in evs:
         # Unboxed: scanned, and looked up by the event's string values.
         out_e, out_p, n = _take(
@@ -254,6 +347,7 @@ _SUB = np.dtype(
 )  # fmt: skip
 _NUM = np.dtype([("attr", "<i8"), ("min", "<f8"), ("max", "<f8")], align=True)
 _STR = np.dtype([("attr", "<i8"), ("val", "<i8")], align=True)
+_PIECE = np.dtype([("pos", "<i8"), ("box", "<f8", (4,))])
 
 
 def type_mask(types: Iterable[EventType]) -> int:
@@ -301,15 +395,17 @@ def _ranges(starts: I64, counts: I64) -> I64:
     return np.arange(int(ends[-1]) if len(ends) else 0) + np.repeat(starts - ends + counts, counts)
 
 
-def _tree(pos: I64, box: F64) -> rindex.Index:
-    """An R-tree of the pieces (by position), stream-loaded from arrays. Nodes of 16 entries
-    rather than the default 100: matching at 10^6 took ~20% less CPU (12 to 16 best of 8 to
-    100)."""
-    props = rindex.Property(leaf_capacity=16, index_capacity=16)
-    if not len(pos):
-        return rindex.Index(properties=props)
-    mins, maxs = np.ascontiguousarray(box[:, :2]), np.ascontiguousarray(box[:, 2:])
-    return rindex.Index((pos, mins, maxs), properties=props)
+class _Tree:
+    """A packed R-tree (``_pack``) of the pieces of a collection's boxes, by position, and the
+    pieces inserted since it was packed, which every query scans until they are packed in."""
+
+    def __init__(self, pos: I64, box: F64) -> None:
+        self.packed: tuple[Any, ...] = _pack(pos, np.ascontiguousarray(box))
+        self.size = len(pos)
+        self.late = _Arrays(_PIECE)
+
+    def insert(self, pos: int, x0: float, y0: float, x1: float, y1: float) -> None:
+        self.late.append(pos=pos, box=(x0, y0, x1, y1))
 
 
 class _CollectionIndex:
@@ -323,14 +419,15 @@ class _CollectionIndex:
             zip(subs.view("sid").tolist(), range(subs.n), strict=True)
         )
         self.dead = 0
-        boxed = np.flatnonzero(subs.view("has_box") & subs.view("alive")).astype(np.int64)
-        pos, box = _pieces(boxed, subs.view("box")[boxed])
-        self.tree = _tree(pos, box)
-        # len(tree) is a full-extent query, O(n): track emptiness instead.
-        self._tree_empty = not len(pos)
+        self._pack()
         # Positions without a spatial qualifier, when known: without a string qualifier, and
         # postings (sorted values, CSR starts, positions) by their first string qualifier.
         self._unboxed: tuple[I64, I64, I64, I64] | None = None
+
+    def _pack(self) -> None:
+        """Pack the live boxes into a fresh tree."""
+        boxed = np.flatnonzero(self.subs.view("has_box") & self.subs.view("alive"))
+        self.tree = _Tree(*_pieces(boxed.astype(np.int64), self.subs.view("box")[boxed]))
 
     @classmethod
     def of(cls, interner: _Interner, subs: Iterable[Subscription]) -> _CollectionIndex:
@@ -408,12 +505,10 @@ class _CollectionIndex:
         if b is None:
             self._unboxed = None
         elif b.x_min > b.x_max:  # across the antimeridian: two pieces
-            self.tree.insert(pos, (b.x_min, b.y_min, _LON, b.y_max))
-            self.tree.insert(pos, (-_LON, b.y_min, b.x_max, b.y_max))
-            self._tree_empty = False
+            self.tree.insert(pos, b.x_min, b.y_min, _LON, b.y_max)
+            self.tree.insert(pos, -_LON, b.y_min, b.x_max, b.y_max)
         else:
-            self.tree.insert(pos, (b.x_min, b.y_min, b.x_max, b.y_max))
-            self._tree_empty = False
+            self.tree.insert(pos, b.x_min, b.y_min, b.x_max, b.y_max)
         return pos
 
     def upsert(self, s: Subscription) -> None:
@@ -428,8 +523,11 @@ class _CollectionIndex:
             self._maybe_compact()
 
     def _maybe_compact(self) -> None:
-        """Drop the tombstoned positions and bulk-load the tree again, when they are many."""
+        """Drop the tombstoned positions and pack the tree again, when they are many; pack it
+        again when the pieces inserted since it was packed are many."""
         if self.dead < max(_MIN_COMPACT, self.subs.n // 4):
+            if self.tree.late.n > max(_MAX_LATE, self.tree.size // 16):
+                self._pack()
             return
         keep = np.flatnonzero(self.subs.view("alive"))
         subs = self.subs.records()[keep]
@@ -460,17 +558,15 @@ class _CollectionIndex:
     def match(self, evs: I64, ev: _Events, now_us: int) -> tuple[I64, I64]:
         """(event, subscription id) of the events ``evs``' matches; a pair may repeat."""
         scan, keys, starts, postings = self.unboxed()
-        qev, qcount, hits = _NONE, _NONE, _NONE
         boxed = evs[ev.has_box[evs]]
-        if len(boxed) and not self._tree_empty:
-            qev, qbox = _pieces(boxed, ev.box[boxed])
-            intersect: Any = self.tree.intersection_v  # untyped in rtree
-            hits, counts = intersect(qbox[:, :2], qbox[:, 2:])  # releases the GIL (ctypes)
-            qcount = counts.astype(np.int64)
+        qev, qbox = _pieces(boxed, ev.box[boxed])
+        late = self.tree.late.records()
+        item_pos, item_box, node_box, node_lo, node_hi, n_leaf = self.tree.packed
         e, p = _match_kernel(
-            evs, qev, qcount, hits, now_us,
+            evs, qev, qbox, now_us,
             ev.type, ev.t0, ev.t1, ev.has_box, ev.box, ev.num, ev.str,
             self.subs.records(), self.nums.records(), self.strs.records(),
+            item_pos, item_box, node_box, node_lo, node_hi, n_leaf, late["pos"], late["box"],
             scan, keys, starts, postings,
         )  # fmt: skip
         return e, self.subs.view("sid")[p]
