@@ -1,6 +1,6 @@
 """Recording's in-memory action lists against a dict oracle: subscriptions written and deleted
-(kept aside, then folded into the arrays), lists of several actions, disabled actions; and a
-service recording across many action changes, folds included."""
+(new ids past the table's end included), lists of several actions, disabled actions; and a
+service recording across many action changes, the lists read anew when stale."""
 
 from __future__ import annotations
 
@@ -47,8 +47,7 @@ def expected_actions(
     return out
 
 
-def test_lists_follow_writes_and_deletes(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(actionlists, "_MIN_FOLD", 5)  # fold often
+def test_lists_follow_writes_and_deletes() -> None:
     rng = random.Random(3)
     stored = {sid: rng.choice(BLOBS) for sid in range(1, 200, 2)}
     lists = ActionLists(7, [(struct.pack(">Q", s), b) for s, b in sorted(stored.items())])
@@ -64,6 +63,7 @@ def test_lists_follow_writes_and_deletes(monkeypatch: pytest.MonkeyPatch) -> Non
             else:
                 stored[sid] = b
         assert lists.gen == gen
+        assert len(lists) == len(stored)
         ids = np.arange(0, 270, dtype=np.int64)
         got = lists.numbers(ids).tolist()
         assert [lists.blobs[n] if n >= 0 else None for n in got] == [
@@ -91,9 +91,9 @@ def test_lists_follow_writes_and_deletes(monkeypatch: pytest.MonkeyPatch) -> Non
 def test_recording_across_many_action_changes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Actions recorded after each round of changes are the ones stored, while the lists fold
-    the changes in and, once lists no subscription holds pile up, are read anew."""
-    monkeypatch.setattr(actionlists, "_MIN_FOLD", 4)
+    """Actions recorded after each round of changes are the ones stored, while the lists follow
+    the change log and, once lists no subscription holds pile up, are read anew."""
+    monkeypatch.setattr(actionlists, "_MIN_STALE", 4)
     svc = SubscriptionService(tmp_path / "subs")
     svc.create_collection(OP, Collection("MODIS", "6", "geographic"))
     subs = [
