@@ -347,7 +347,6 @@ _SUB = np.dtype(
 )  # fmt: skip
 _NUM = np.dtype([("attr", "<i8"), ("min", "<f8"), ("max", "<f8")], align=True)
 _STR = np.dtype([("attr", "<i8"), ("val", "<i8")], align=True)
-_PIECE = np.dtype([("pos", "<i8"), ("box", "<f8", (4,))])
 
 
 def type_mask(types: Iterable[EventType]) -> int:
@@ -402,10 +401,19 @@ class _Tree:
     def __init__(self, pos: I64, box: F64) -> None:
         self.packed: tuple[Any, ...] = _pack(pos, np.ascontiguousarray(box))
         self.size = len(pos)
-        self.late = _Arrays(_PIECE)
+        # Inserted since: positions and boxes, contiguous (so the kernel has one signature).
+        self.late_n = 0
+        self.late_pos = np.zeros(16, np.int64)
+        self.late_box = np.zeros((16, 4), np.float64)
 
     def insert(self, pos: int, x0: float, y0: float, x1: float, y1: float) -> None:
-        self.late.append(pos=pos, box=(x0, y0, x1, y1))
+        n = self.late_n
+        if n == len(self.late_pos):
+            self.late_pos = np.concatenate((self.late_pos, np.zeros(n, np.int64)))
+            self.late_box = np.concatenate((self.late_box, np.zeros((n, 4), np.float64)))
+        self.late_pos[n] = pos
+        self.late_box[n] = (x0, y0, x1, y1)
+        self.late_n = n + 1
 
 
 def _laid_out(
@@ -550,7 +558,7 @@ class _CollectionIndex:
         """Drop the tombstoned positions and pack the tree again, when they are many; pack it
         again when the pieces inserted since it was packed are many."""
         if self.dead < max(_MIN_COMPACT, self.subs.n // 4):
-            if self.tree.late.n > max(_MAX_LATE, self.tree.size // 16):
+            if self.tree.late_n > max(_MAX_LATE, self.tree.size // 16):
                 self._pack()
             return
         keep = np.flatnonzero(self.subs.view("alive")).astype(np.int64)
@@ -579,14 +587,15 @@ class _CollectionIndex:
         scan, keys, starts, postings = self.unboxed()
         boxed = evs[ev.has_box[evs]]
         qev, qbox = _pieces(boxed, ev.box[boxed])
-        late = self.tree.late.records()
-        item_pos, item_box, node_box, node_lo, node_hi, n_leaf = self.tree.packed
+        t = self.tree
+        item_pos, item_box, node_box, node_lo, node_hi, n_leaf = t.packed
+        late_pos, late_box = t.late_pos[: t.late_n], t.late_box[: t.late_n]
         while True:
             n = _match_kernel(
                 ev.out_e, ev.out_p, evs, qev, qbox, now_us,
                 ev.type, ev.t0, ev.t1, ev.has_box, ev.box, ev.num, ev.str,
                 self.subs.records(), self.nums.records(), self.strs.records(),
-                item_pos, item_box, node_box, node_lo, node_hi, n_leaf, late["pos"], late["box"],
+                item_pos, item_box, node_box, node_lo, node_hi, n_leaf, late_pos, late_box,
                 scan, keys, starts, postings,
             )  # fmt: skip
             if n <= len(ev.out_e):
