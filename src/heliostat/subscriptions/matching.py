@@ -222,11 +222,10 @@ def _match_kernel(
     late_pos: Any, late_box: Any,
     scan: Any, post_keys: Any, post_start: Any, post_items: Any,
 ) -> Any:  # fmt: skip
-    """The number of matches, written (event, position) to out_e and out_p as far as they
-    have room: the boxed subscriptions met by query piece r (box
-    ``qbox[r]`` of event ``qev[r]``) in the tree and among the boxes inserted since it was
-    packed, and the unboxed subscriptions of the events ``evs``; a pair may repeat (see the
-    module docstring)."""
+    """The number of matches, written as (event, position) to out_e and out_p as far as they
+    have room (see _put): the boxed subscriptions met by query piece r (box ``qbox[r]`` of
+    event ``qev[r]``) in the tree and among the boxes inserted since it was packed, and the
+    unboxed subscriptions of the events ``evs``; a pair may repeat (see the module docstring)."""
     n = 0
     root = node_box.shape[0] - 1
     stack = np.empty(_FANOUT * 64, np.int64)  # depth x fan-out: 64 levels is 16^64 boxes
