@@ -5,29 +5,28 @@ expiry, event-type mask, temporal interval, box, and the numeric and string qual
 (offset, count) slices into flat constraint record arrays. Attribute names and string values
 are interned to ints through dicts, so a string qualifier is an int comparison in the kernel.
 
-Boxes go into an R-tree (``rtree``, over libspatialindex) by position. A box across the
-antimeridian (a geographic box with x_min > x_max: 170..-170) goes in as two pieces, 170..180
-and -180..-170, under the same position. For an event batch, the boxes of all boxed events of a
-collection are looked up in one ``intersection_v`` call, an event across the antimeridian as its
-two pieces; subscriptions without a box are looked up by the event's string values when they
-have a string qualifier (CSR postings from interned value to positions, by their first string
-qualifier), scanned otherwise. One Numba kernel per collection then checks every candidate
+Boxes go into a packed R-tree by position (``_pack``: sort-tile-recursive, nodes of 16, flat
+numpy arrays), searched inside the kernel, so a candidate costs no call and no copy.
+libspatialindex (``rtree``) was used before: at 10^6 subscriptions its query and Python wrapper
+were ~40% of matching, and the engine went from 33-34k to 55k events/s without it. A box across
+the antimeridian (a geographic box with x_min > x_max: 170..-170) goes in as two pieces,
+170..180 and -180..-170, under the same position; an event across it is looked up as its two
+pieces. Subscriptions without a box are looked up by the event's string values when they have a
+string qualifier (CSR postings from interned value to positions, by their first string
+qualifier), scanned otherwise. One Numba kernel per collection finds and checks every candidate
 exactly (liveness, type, time overlap, box, numeric ranges, strings). A pair met through two
 pieces comes twice and is dropped after matching.
 
-``rtree`` is not thread-safe even for reads and its deletes are slow in overlapping trees (a
-search plus a condense), so every access to a tree is under the engine's lock, and removal never
-touches it: a removed or replaced subscription's position is tombstoned (``alive`` false, which
-the kernel checks) and a new version appended, its pieces inserted into the tree (inserts are
-cheap; keeping them in a list every event scans, bulk-loading again past 256, was measured
-slower under churn at 10^4 per collection: 38-42 against 31-38 µs per upsert and 76-80
-against 49-60 µs per matched event). When tombstones reach a quarter of the positions the
-collection is compacted and its tree bulk-loaded again (libspatialindex's stream load, fed from
-numpy arrays).
+A packed tree is not updated in place: a new or replaced subscription's position is appended
+(the old one tombstoned: ``alive`` false, which the kernel checks) and its pieces are kept in a
+short list every query scans, packed into a fresh tree when they pass a sixteenth of the tree
+(at least 256; packing 10^4 pieces takes ~1.6 ms, and an upsert at 10^4 per collection cost 16
+µs against 26 with rtree inserts). When tombstones reach a quarter of the positions the
+collection is compacted and its tree packed again. Every access is under the engine's lock.
 
 At start the index is built from the store's fixed-size rows (``index_row``: 72 bytes per
 subscription, read as one numpy array) plus the attribute qualifiers of the subscriptions that
-have any, so a restart decodes no JSON for most subscriptions; each tree is bulk-loaded then.
+have any, so a restart decodes no JSON for most subscriptions; each tree is packed then.
 """
 
 from __future__ import annotations
@@ -41,7 +40,6 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from numba import njit
-from rtree import index as rindex
 
 from heliostat.subscriptions.model import (
     EVENT_TYPES,
@@ -56,6 +54,8 @@ from heliostat.subscriptions.model import (
 
 _TYPE_BIT = {t: np.uint8(1 << i) for i, t in enumerate(EVENT_TYPES)}
 _MIN_COMPACT = 1024
+_FANOUT = 16  # entries per tree node
+_MAX_LATE = 256  # pieces inserted since the tree was packed, at least, before packing again
 # One subscription's matching fields, as stored for rebuilding (struct layout = ROW dtype).
 _ROW = struct.Struct("<qqqq4dIBBBB")
 ROW = np.dtype(
@@ -73,7 +73,6 @@ B = npt.NDArray[np.bool_]
 
 _NO_VALUE = -1  # interned id of a string value no qualifier names
 _LON = 180.0
-_NONE = np.zeros(0, np.int64)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -122,53 +121,146 @@ def _check(
     return True
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _meet(a: Any, i: int, x0: float, y0: float, x1: float, y1: float) -> bool:
+    """Overlap of box a[i] (x0, y0, x1, y1, not across the antimeridian) and a query box (by
+    element: a row view per test cost about half of a tree search)."""
+    return bool(a[i, 0] <= x1 and x0 <= a[i, 2] and a[i, 1] <= y1 and y0 <= a[i, 3])
+
+
 @njit(cache=True, nogil=True)
 def _take(
     e: int, items: Any, lo: int, hi: int, out_e: Any, out_p: Any, n: int, now: int,
     ev_type: Any, ev_t0: Any, ev_t1: Any, ev_has_box: Any, ev_box: Any, ev_num: Any, ev_str: Any,
     subs: Any, nums: Any, strs: Any,
-) -> Any:  # fmt: skip
-    """Append (e, p) for the candidates p = items[lo:hi] that match event e."""
+) -> int:  # fmt: skip
+    """Append (e, p) for the candidates p = items[lo:hi] that match event e (see _put)."""
     for k in range(lo, hi):
         p = items[k]
-        if not _check(
+        if _check(
             e, p, now, ev_type, ev_t0, ev_t1, ev_has_box, ev_box, ev_num, ev_str,
             subs, nums, strs,
         ):  # fmt: skip
-            continue
-        if n == out_e.shape[0]:
-            out_e = np.concatenate((out_e, np.empty(n, np.int64)))
-            out_p = np.concatenate((out_p, np.empty(n, np.int64)))
+            n = _put(out_e, out_p, n, e, p)
+    return n
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _put(out_e: Any, out_p: Any, n: int, e: int, p: int) -> int:
+    """Write match n when it fits (the caller runs again with room for all when not: arrays
+    grown and returned by the kernel cost ~300 ns a match in reference counting)."""
+    if n < out_e.shape[0]:
         out_e[n] = e
         out_p[n] = p
-        n += 1
-    return out_e, out_p, n
+    return n + 1
+
+
+@njit(cache=True, nogil=True)
+def _str_order(box: Any) -> Any:
+    """Sort-tile-recursive order of boxes: vertical slices by x centre, each by y centre, so
+    that runs of _FANOUT consecutive boxes are compact."""
+    n = box.shape[0]
+    cx = box[:, 0] + box[:, 2]
+    cy = box[:, 1] + box[:, 3]
+    order = np.argsort(cx)
+    groups = (n + _FANOUT - 1) // _FANOUT
+    run = max(1, int(np.ceil(np.sqrt(groups)))) * _FANOUT
+    for s in range(0, n, run):
+        seg = order[s : s + run].copy()
+        order[s : s + run] = seg[np.argsort(cy[seg])]
+    return order
+
+
+@njit(cache=True, nogil=True)
+def _pack(pos: Any, box: Any) -> Any:
+    """A packed R-tree of the boxes (by position): items in tree order, then the nodes bottom
+    up, each covering a run of items (the first ``n_leaf`` nodes) or of nodes; the root last."""
+    n = box.shape[0]
+    order = _str_order(box)
+    item_pos = pos[order]
+    item_box = box[order]
+    total = 0
+    k = n
+    while k > 1 or (k == 1 and total == 0):
+        k = (k + _FANOUT - 1) // _FANOUT
+        total += k
+    node_box = np.empty((total, 4), np.float64)
+    node_lo = np.empty(total, np.int64)
+    node_hi = np.empty(total, np.int64)
+    below, below_start, below_n = item_box, 0, n  # the level being grouped
+    at = 0
+    n_leaf = (n + _FANOUT - 1) // _FANOUT
+    while at < total:
+        if at > 0:  # a level of nodes: in STR order first (children move with their node)
+            perm = below_start + _str_order(node_box[below_start : below_start + below_n])
+            node_box[below_start : below_start + below_n] = node_box[perm]
+            node_lo[below_start : below_start + below_n] = node_lo[perm]
+            node_hi[below_start : below_start + below_n] = node_hi[perm]
+            below = node_box
+        start = at
+        for lo in range(0, below_n, _FANOUT):
+            hi = min(below_n, lo + _FANOUT)
+            b = node_box[at]
+            b[0], b[1], b[2], b[3] = np.inf, np.inf, -np.inf, -np.inf
+            for c in range(below_start + lo, below_start + hi):
+                b[0] = min(b[0], below[c, 0])
+                b[1] = min(b[1], below[c, 1])
+                b[2] = max(b[2], below[c, 2])
+                b[3] = max(b[3], below[c, 3])
+            node_lo[at], node_hi[at] = below_start + lo, below_start + hi
+            at += 1
+        below_start, below_n = start, at - start
+    return item_pos, item_box, node_box, node_lo, node_hi, n_leaf
 
 
 @njit(cache=True, nogil=True)
 def _match_kernel(
-    evs: Any, qev: Any, qcount: Any, hits: Any, now: int,
+    out_e: Any, out_p: Any, evs: Any, qev: Any, qbox: Any, now: int,
     ev_type: Any, ev_t0: Any, ev_t1: Any, ev_has_box: Any, ev_box: Any, ev_num: Any, ev_str: Any,
     subs: Any, nums: Any, strs: Any,
+    item_pos: Any, item_box: Any, node_box: Any, node_lo: Any, node_hi: Any, n_leaf: int,
+    late_pos: Any, late_box: Any,
     scan: Any, post_keys: Any, post_start: Any, post_items: Any,
 ) -> Any:  # fmt: skip
-    """(event, position) of every match among the tree's hits (``qcount[r]`` positions in
-    ``hits`` for query piece r, of event ``qev[r]``) and the unboxed subscriptions of the
-    events ``evs``; a pair may repeat (see the module docstring)."""
-    out_e = np.empty(64, np.int64)
-    out_p = np.empty(64, np.int64)
+    """The number of matches, written as (event, position) to out_e and out_p as far as they
+    have room (see _put): the boxed subscriptions met by query piece r (box ``qbox[r]`` of
+    event ``qev[r]``) in the tree and among the boxes inserted since it was packed, and the
+    unboxed subscriptions of the events ``evs``; a pair may repeat (see the module docstring)."""
     n = 0
-    j = 0
+    root = node_box.shape[0] - 1
+    stack = np.empty(_FANOUT * 64, np.int64)  # depth x fan-out: 64 levels is 16^64 boxes
     for r in range(qev.shape[0]):
-        out_e, out_p, n = _take(
-            qev[r], hits, j, j + qcount[r], out_e, out_p, n, now,
-            ev_type, ev_t0, ev_t1, ev_has_box, ev_box, ev_num, ev_str,
-            subs, nums, strs,
-        )  # fmt: skip
-        j += qcount[r]
+        e = qev[r]
+        x0, y0, x1, y1 = qbox[r, 0], qbox[r, 1], qbox[r, 2], qbox[r, 3]
+        top = 0
+        if root >= 0:
+            stack[0] = root
+            top = 1
+        while top:
+            top -= 1
+            nd = stack[top]
+            if not _meet(node_box, nd, x0, y0, x1, y1):
+                continue
+            if nd >= n_leaf:
+                for c in range(node_lo[nd], node_hi[nd]):
+                    stack[top] = c
+                    top += 1
+                continue
+            for k in range(node_lo[nd], node_hi[nd]):
+                if _meet(item_box, k, x0, y0, x1, y1) and _check(
+                    e, item_pos[k], now, ev_type, ev_t0, ev_t1, ev_has_box, ev_box, ev_num,
+                    ev_str, subs, nums, strs,
+                ):  # fmt: skip
+                    n = _put(out_e, out_p, n, e, item_pos[k])
+        for k in range(late_pos.shape[0]):
+            if _meet(late_box, k, x0, y0, x1, y1) and _check(
+                e, late_pos[k], now, ev_type, ev_t0, ev_t1, ev_has_box, ev_box, ev_num,
+                ev_str, subs, nums, strs,
+            ):  # fmt: skip
+                n = _put(out_e, out_p, n, e, late_pos[k])
     for e in evs:
         # Unboxed: scanned, and looked up by the event's string values.
-        out_e, out_p, n = _take(
+        n = _take(
             e, scan, 0, scan.shape[0], out_e, out_p, n, now,
             ev_type, ev_t0, ev_t1, ev_has_box, ev_box, ev_num, ev_str,
             subs, nums, strs,
@@ -180,12 +272,12 @@ def _match_kernel(
             i = np.searchsorted(post_keys, v)
             if i == post_keys.shape[0] or post_keys[i] != v:
                 continue
-            out_e, out_p, n = _take(
+            n = _take(
                 e, post_items, post_start[i], post_start[i + 1], out_e, out_p, n, now,
                 ev_type, ev_t0, ev_t1, ev_has_box, ev_box, ev_num, ev_str,
                 subs, nums, strs,
             )  # fmt: skip
-    return out_e[:n], out_p[:n]
+    return n
 
 
 class _Interner:
@@ -301,15 +393,49 @@ def _ranges(starts: I64, counts: I64) -> I64:
     return np.arange(int(ends[-1]) if len(ends) else 0) + np.repeat(starts - ends + counts, counts)
 
 
-def _tree(pos: I64, box: F64) -> rindex.Index:
-    """An R-tree of the pieces (by position), stream-loaded from arrays. Nodes of 16 entries
-    rather than the default 100: matching at 10^6 took ~20% less CPU (12 to 16 best of 8 to
-    100)."""
-    props = rindex.Property(leaf_capacity=16, index_capacity=16)
-    if not len(pos):
-        return rindex.Index(properties=props)
-    mins, maxs = np.ascontiguousarray(box[:, :2]), np.ascontiguousarray(box[:, 2:])
-    return rindex.Index((pos, mins, maxs), properties=props)
+class _Tree:
+    """A packed R-tree (``_pack``) of the pieces of a collection's boxes, by position, and the
+    pieces inserted since it was packed, which every query scans until they are packed in."""
+
+    def __init__(self, pos: I64, box: F64) -> None:
+        self.packed: tuple[Any, ...] = _pack(pos, np.ascontiguousarray(box))
+        self.size = len(pos)
+        # Inserted since: positions and boxes, contiguous (so the kernel has one signature).
+        self.late_n = 0
+        self.late_pos = np.zeros(16, np.int64)
+        self.late_box = np.zeros((16, 4), np.float64)
+
+    def insert(self, pos: int, x0: float, y0: float, x1: float, y1: float) -> None:
+        n = self.late_n
+        if n == len(self.late_pos):
+            self.late_pos = np.concatenate((self.late_pos, np.zeros(n, np.int64)))
+            self.late_box = np.concatenate((self.late_box, np.zeros((n, 4), np.float64)))
+        self.late_pos[n] = pos
+        self.late_box[n] = (x0, y0, x1, y1)
+        self.late_n = n + 1
+
+
+def _laid_out(
+    subs: _Arrays, nums: _Arrays, strs: _Arrays, keep: I64
+) -> tuple[_Arrays, _Arrays, _Arrays]:
+    """The subscriptions at positions ``keep`` and their constraints, placed in the order the
+    kernel meets them: those without a box by first string value (a posting list is then one
+    run of memory), then the boxed in the tree's order (a search's hits lie close). Scattered,
+    their records' cache misses were most of matching at 10^6."""
+    rec = subs.records()[keep]
+    s_val = np.full(len(keep), -1, np.int64)
+    keyed = rec["s_cnt"] > 0
+    s_val[keyed] = strs.view("val")[rec["s_off"][keyed]]
+    unboxed = np.flatnonzero(~rec["has_box"])
+    unboxed = unboxed[np.argsort(s_val[unboxed], kind="stable")]
+    boxed = np.flatnonzero(rec["has_box"]).astype(np.int64)
+    boxed = boxed[_str_order(np.ascontiguousarray(rec["box"][boxed]))]
+    rec = rec[np.concatenate((unboxed, boxed))]
+    num = nums.records()[_ranges(rec["n_off"].astype(np.int64), rec["n_cnt"])]
+    string = strs.records()[_ranges(rec["s_off"].astype(np.int64), rec["s_cnt"])]
+    rec["n_off"] = np.cumsum(rec["n_cnt"]) - rec["n_cnt"]
+    rec["s_off"] = np.cumsum(rec["s_cnt"]) - rec["s_cnt"]
+    return _Arrays.adopt(rec), _Arrays.adopt(num), _Arrays.adopt(string)
 
 
 class _CollectionIndex:
@@ -323,14 +449,15 @@ class _CollectionIndex:
             zip(subs.view("sid").tolist(), range(subs.n), strict=True)
         )
         self.dead = 0
-        boxed = np.flatnonzero(subs.view("has_box") & subs.view("alive")).astype(np.int64)
-        pos, box = _pieces(boxed, subs.view("box")[boxed])
-        self.tree = _tree(pos, box)
-        # len(tree) is a full-extent query, O(n): track emptiness instead.
-        self._tree_empty = not len(pos)
+        self._pack()
         # Positions without a spatial qualifier, when known: without a string qualifier, and
         # postings (sorted values, CSR starts, positions) by their first string qualifier.
         self._unboxed: tuple[I64, I64, I64, I64] | None = None
+
+    def _pack(self) -> None:
+        """Pack the live boxes into a fresh tree."""
+        boxed = np.flatnonzero(self.subs.view("has_box") & self.subs.view("alive"))
+        self.tree = _Tree(*_pieces(boxed.astype(np.int64), self.subs.view("box")[boxed]))
 
     @classmethod
     def of(cls, interner: _Interner, subs: Iterable[Subscription]) -> _CollectionIndex:
@@ -341,8 +468,9 @@ class _CollectionIndex:
 
     @classmethod
     def from_rows(
-        cls, interner: _Interner, rows: npt.NDArray[Any], attrs: dict[int, AttrRow]
+        cls, interner: _Interner, rows: npt.NDArray[Any], attrs: dict[int, AttrRow], has: B
     ) -> _CollectionIndex:
+        """The index of ROW records, ``has`` marking those with attribute qualifiers."""
         n = len(rows)
         cols: dict[str, Any] = {
             "sid": rows["sid"].copy(), "alive": np.ones(n, np.bool_),
@@ -355,21 +483,19 @@ class _CollectionIndex:
         offsets: list[list[int]] = [[0] * n for _ in range(4)]  # n_off, n_cnt, s_off, s_cnt
         num: list[list[Any]] = [[], [], []]  # attr, min, max
         strs: list[list[int]] = [[], []]  # attr, val
-        if attrs:
-            for pos, sid in enumerate(cols["sid"].tolist()):
-                a = attrs.get(sid)
-                if a is None:
-                    continue
-                offsets[0][pos], offsets[1][pos] = len(num[0]), len(a[0])
-                offsets[2][pos], offsets[3][pos] = len(strs[0]), len(a[1])
-                for name, lo, hi in a[0]:
-                    num[0].append(interner.attr(name))
-                    num[1].append(lo)
-                    num[2].append(hi)
-                for name, value in a[1]:
-                    attr = interner.attr(name)
-                    strs[0].append(attr)
-                    strs[1].append(interner.value(attr, value))
+        sids = cols["sid"].tolist()
+        for pos in np.flatnonzero(has).tolist():
+            a = attrs[sids[pos]]
+            offsets[0][pos], offsets[1][pos] = len(num[0]), len(a[0])
+            offsets[2][pos], offsets[3][pos] = len(strs[0]), len(a[1])
+            for name, lo, hi in a[0]:
+                num[0].append(interner.attr(name))
+                num[1].append(lo)
+                num[2].append(hi)
+            for name, value in a[1]:
+                attr = interner.attr(name)
+                strs[0].append(attr)
+                strs[1].append(interner.value(attr, value))
         for name, col in zip(("n_off", "n_cnt", "s_off", "s_cnt"), offsets, strict=True):
             cols[name] = np.array(col, np.int64)
         nums = _Arrays.wrap(_NUM, {
@@ -379,7 +505,8 @@ class _CollectionIndex:
         strings = _Arrays.wrap(
             _STR, {"attr": np.array(strs[0], np.int64), "val": np.array(strs[1], np.int64)}
         )
-        return cls(interner, _Arrays.wrap(_SUB, cols), nums, strings)
+        subs = _Arrays.wrap(_SUB, cols)
+        return cls(interner, *_laid_out(subs, nums, strings, np.arange(n, dtype=np.int64)))
 
     def _append(self, s: Subscription) -> int:
         q = self._interner
@@ -408,12 +535,10 @@ class _CollectionIndex:
         if b is None:
             self._unboxed = None
         elif b.x_min > b.x_max:  # across the antimeridian: two pieces
-            self.tree.insert(pos, (b.x_min, b.y_min, _LON, b.y_max))
-            self.tree.insert(pos, (-_LON, b.y_min, b.x_max, b.y_max))
-            self._tree_empty = False
+            self.tree.insert(pos, b.x_min, b.y_min, _LON, b.y_max)
+            self.tree.insert(pos, -_LON, b.y_min, b.x_max, b.y_max)
         else:
-            self.tree.insert(pos, (b.x_min, b.y_min, b.x_max, b.y_max))
-            self._tree_empty = False
+            self.tree.insert(pos, b.x_min, b.y_min, b.x_max, b.y_max)
         return pos
 
     def upsert(self, s: Subscription) -> None:
@@ -428,16 +553,14 @@ class _CollectionIndex:
             self._maybe_compact()
 
     def _maybe_compact(self) -> None:
-        """Drop the tombstoned positions and bulk-load the tree again, when they are many."""
+        """Drop the tombstoned positions and pack the tree again, when they are many; pack it
+        again when the pieces inserted since it was packed are many."""
         if self.dead < max(_MIN_COMPACT, self.subs.n // 4):
+            if self.tree.late_n > max(_MAX_LATE, self.tree.size // 16):
+                self._pack()
             return
-        keep = np.flatnonzero(self.subs.view("alive"))
-        subs = self.subs.records()[keep]
-        nums = self.nums.records()[_ranges(subs["n_off"].astype(np.int64), subs["n_cnt"])]
-        strs = self.strs.records()[_ranges(subs["s_off"].astype(np.int64), subs["s_cnt"])]
-        subs["n_off"] = np.cumsum(subs["n_cnt"]) - subs["n_cnt"]
-        subs["s_off"] = np.cumsum(subs["s_cnt"]) - subs["s_cnt"]
-        self._reset(_Arrays.adopt(subs), _Arrays.adopt(nums), _Arrays.adopt(strs))
+        keep = np.flatnonzero(self.subs.view("alive")).astype(np.int64)
+        self._reset(*_laid_out(self.subs, self.nums, self.strs, keep))
 
     def unboxed(self) -> tuple[I64, I64, I64, I64]:
         if self._unboxed is None:
@@ -460,20 +583,22 @@ class _CollectionIndex:
     def match(self, evs: I64, ev: _Events, now_us: int) -> tuple[I64, I64]:
         """(event, subscription id) of the events ``evs``' matches; a pair may repeat."""
         scan, keys, starts, postings = self.unboxed()
-        qev, qcount, hits = _NONE, _NONE, _NONE
         boxed = evs[ev.has_box[evs]]
-        if len(boxed) and not self._tree_empty:
-            qev, qbox = _pieces(boxed, ev.box[boxed])
-            intersect: Any = self.tree.intersection_v  # untyped in rtree
-            hits, counts = intersect(qbox[:, :2], qbox[:, 2:])  # releases the GIL (ctypes)
-            qcount = counts.astype(np.int64)
-        e, p = _match_kernel(
-            evs, qev, qcount, hits, now_us,
-            ev.type, ev.t0, ev.t1, ev.has_box, ev.box, ev.num, ev.str,
-            self.subs.records(), self.nums.records(), self.strs.records(),
-            scan, keys, starts, postings,
-        )  # fmt: skip
-        return e, self.subs.view("sid")[p]
+        qev, qbox = _pieces(boxed, ev.box[boxed])
+        t = self.tree
+        item_pos, item_box, node_box, node_lo, node_hi, n_leaf = t.packed
+        late_pos, late_box = t.late_pos[: t.late_n], t.late_box[: t.late_n]
+        while True:
+            n = _match_kernel(
+                ev.out_e, ev.out_p, evs, qev, qbox, now_us,
+                ev.type, ev.t0, ev.t1, ev.has_box, ev.box, ev.num, ev.str,
+                self.subs.records(), self.nums.records(), self.strs.records(),
+                item_pos, item_box, node_box, node_lo, node_hi, n_leaf, late_pos, late_box,
+                scan, keys, starts, postings,
+            )  # fmt: skip
+            if n <= len(ev.out_e):
+                return ev.out_e[:n].copy(), self.subs.view("sid")[ev.out_p[:n]]
+            ev.out_e, ev.out_p = np.empty(2 * n, np.int64), np.empty(2 * n, np.int64)
 
 
 class _Events:
@@ -489,6 +614,9 @@ class _Events:
         self.box = np.zeros((E, 4), np.float64)
         self.num = np.full((E, A), np.nan)
         self.str = np.full((E, A), _NO_VALUE, np.int64)
+        # The kernel's output, reused by every collection (grown when a collection needs more).
+        self.out_e = np.empty(8 * E + 64, np.int64)
+        self.out_p = np.empty(8 * E + 64, np.int64)
         attrs, values = interner.attrs, interner.values
         for i, e in enumerate(events):
             self.type[i] = _TYPE_BIT[e.type]
@@ -526,9 +654,15 @@ class MatchEngine:
         engine = cls()
         rows = rows[np.argsort(rows["coll"], kind="stable")]
         starts = np.flatnonzero(np.diff(rows["coll"])) + 1
-        for chunk in np.split(rows, starts) if len(rows) else []:
+        # Marked at once: a lookup per subscription was a tenth of a restart at 10^6.
+        has = np.isin(rows["sid"], np.fromiter(attrs, np.int64, len(attrs)))
+        for chunk, mine in zip(np.split(rows, starts), np.split(has, starts), strict=True):
+            if not len(chunk):
+                continue
             key = collections[int(chunk["coll"][0])]
-            ix = engine._indexes[key] = _CollectionIndex.from_rows(engine._interner, chunk, attrs)
+            ix = engine._indexes[key] = _CollectionIndex.from_rows(
+                engine._interner, chunk, attrs, mine
+            )
             ix.unboxed()
         return engine
 

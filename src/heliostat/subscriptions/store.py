@@ -32,6 +32,7 @@ when near full, and a remap waits until no read transaction of this process is o
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import struct
 from collections.abc import Iterator, Sequence
@@ -45,6 +46,7 @@ import numpy as np
 import numpy.typing as npt
 
 from heliostat.lmdbenv import LmdbEnv
+from heliostat.subscriptions.actionlists import DISABLED, ActionLists
 from heliostat.subscriptions.matching import ROW, AttrRow, attr_row, index_row
 from heliostat.subscriptions.model import (
     Action,
@@ -72,10 +74,8 @@ _NEXT_GEN = b"next_generation"
 _PRUNED_GEN = b"changes_pruned"  # the last generation removed from the change log
 _READER = b"change_reader\0"  # + reader name → its generation and heartbeat (µs)
 _READER_ROW = struct.Struct(">QQ")
-_MATCHED_SUBS_MAX = 1 << 21  # subscriptions whose action lists recording keeps in memory
 _OWNER_ROWS = b"owner_rows_by_batch"  # set once actions_by_owner holds (batch, owner) rows
 _U64 = struct.Struct(">Q")
-DISABLED = "disabled"  # action param: set (to the reason) when the receiver is gone
 _ACTION_KEY = struct.Struct(">QQH")
 
 if TYPE_CHECKING:
@@ -131,10 +131,9 @@ class SubscriptionStore:
             self._idx_attrs, self._sub_actions, self._changes,
         ) = dbs  # fmt: skip
         self._coll_no: dict[str, int] = {}  # collection key → number in idx rows
-        # Matched subscriptions' (owner, action list, key tails of enabled actions), kept
-        # between record transactions and brought up to date from the change log in each.
-        self._matched_subs: dict[int, tuple[bytes, bytes, tuple[bytes, ...]]] = {}
-        self._matched_gen = -1  # the generation they are as of
+        # Every subscription's action list for recording: read at start (index_data) or by the
+        # first record, brought up to date from the change log in each record transaction.
+        self._lists: ActionLists | None = None
         self._db.write(self._migrate_owner_rows)
 
     def _migrate_owner_rows(self, txn: _Txn) -> None:
@@ -406,7 +405,10 @@ class SubscriptionStore:
             colls = {}
             for k, v in txn.cursor(self._collections).iternext():
                 colls[json.loads(v)["no"]] = k.decode()
-            return rows, attrs, colls, self._generation(txn)
+            gen = self._generation(txn)
+            # Recording's too, in the same pass over the store (its first batch reads none).
+            self._lists = ActionLists(gen, txn.cursor(self._sub_actions).iternext())
+            return rows, attrs, colls, gen
 
         return self._db.read(read)
 
@@ -483,75 +485,62 @@ class SubscriptionStore:
         if not matches:
             return []
         first = self._next(txn, _NEXT_EVENT, len(matches))
-        out = []
-        subs = self._subs_as_stored(txn, {s for _, ids in matches for s in ids})
+        lists = self._action_lists(txn)
+        counts = [len(ids) for _, ids in matches]
+        flat = itertools.chain.from_iterable(ids for _, ids in matches)
+        sids = np.fromiter(flat, np.int64, sum(counts))
+        evs = np.repeat(np.arange(first, first + len(matches), dtype=np.int64), counts)
+        order = np.lexsort((sids, evs))  # key order
+        keys, numbers, owners = lists.actions(evs[order], sids[order])
         # Built first, then written by putmulti (a C loop).
-        events: list[tuple[bytes, bytes]] = []
-        actions: list[tuple[bytes, bytes]] = []
-        by_owner: dict[bytes, list[bytes]] = {}  # owner → its action keys, in order
-        for i, (event, sub_ids) in enumerate(matches):
-            ek = _U64.pack(first + i)
-            events.append((ek, event_to_bytes(event)))
-            for sid in sorted(sub_ids):
-                got = subs.get(sid)
-                if got is None:
-                    continue
-                owner, blob, tails = got
-                mine = by_owner.setdefault(owner, [])
-                for tail in tails:
-                    key = ek + tail
-                    actions.append((key, blob))
-                    mine.append(key)
-            out.append(StoredEvent(first + i, event))
+        pack, size = _U64.pack, _ACTION_KEY.size
+        events = [(pack(first + i), event_to_bytes(e)) for i, (e, _) in enumerate(matches)]
+        raw = keys.tobytes()
+        akeys = [raw[i : i + size] for i in range(0, len(raw), size)]
+        actions = zip(akeys, map(lists.blobs.__getitem__, numbers.tolist()), strict=True)
         # Ids only grow, so events and actions append at the end of their trees.
         added = txn.cursor(self._events).putmulti(events, overwrite=False, append=True)[1]
         if added != len(events):
             raise lmdb.CorruptedError(f"event ids from {first} are already taken")
-        if txn.cursor(self._actions).putmulti(actions, append=True)[1] != len(actions):
+        if txn.cursor(self._actions).putmulti(actions, append=True)[1] != len(akeys):
             raise lmdb.CorruptedError(f"action keys from event {first} on are already taken")
         # One row per batch and owner, appended: rows keyed by owner first dirtied a page per
-        # owner (each a random place in the tree), most of recording's time at 10^6.
+        # owner (each a random place in the tree), most of recording's time at 10^6. A row
+        # holds the owner's keys in order: grouped by a stable sort.
+        by = np.argsort(owners, kind="stable")
+        grouped, owners = keys[by].tobytes(), owners[by]
+        bounds = [0, *(np.flatnonzero(np.diff(owners)) + 1).tolist(), len(owners)]
         batch = _U64.pack(first)
-        rows = sorted((batch + owner, b"".join(keys)) for owner, keys in by_owner.items())
+        rows = sorted(
+            (batch + lists.owners[int(owners[lo])], grouped[lo * size : hi * size])
+            for lo, hi in itertools.pairwise(bounds)
+            if hi > lo
+        )
         if txn.cursor(self._actions_by_owner).putmulti(rows, overwrite=False)[1] != len(rows):
             raise lmdb.CorruptedError(f"owner rows of batch {first} are already taken")
-        return out
+        return [StoredEvent(first + i, e) for i, (e, _) in enumerate(matches)]
 
-    def _subs_as_stored(
-        self, txn: _Txn, wanted: set[int]
-    ) -> dict[int, tuple[bytes, bytes, tuple[bytes, ...]]]:
-        """Each wanted subscription's owner, action list and the last 10 bytes of the keys of
-        its enabled actions, as stored in this transaction; one deleted since it matched has
-        none. Kept in memory between transactions (a B-tree read per matched subscription was
-        a fifth of recording at 10^6): those the change log shows written since are forgotten,
-        the rest read in key order in one call."""
-        known = self._matched_subs
+    def _action_lists(self, txn: _Txn) -> ActionLists:
+        """Every subscription's action list as stored in this transaction: those the change log
+        shows written since the lists' generation read again, or all when that is most of them
+        or the log no longer holds every change."""
         gen = self._generation(txn)
-        if gen != self._matched_gen:
-            if (
-                self._matched_gen < 0
-                or gen - self._matched_gen > len(known)
-                or self._pruned(txn) > self._matched_gen  # some of the changes are gone
-            ):
-                known.clear()
-            else:
+        lists = self._lists
+        if lists is not None and lists.gen != gen and not lists.stale:
+            written: list[bytes] = []
+            if gen - lists.gen <= max(1024, len(lists) // 4):
                 cur = txn.cursor(self._changes)
-                found = cur.set_range(_U64.pack(self._matched_gen + 1))
+                found = cur.set_range(_U64.pack(lists.gen + 1))
                 while found:
-                    known.pop(_U64.unpack(cur.value())[0], None)
+                    written.append(cur.value())
                     found = cur.next()
-            self._matched_gen = gen
-        if len(known) > _MATCHED_SUBS_MAX:
-            known.clear()
-        missing = sorted(sid for sid in wanted if sid not in known)
-        keys = [_U64.pack(sid) for sid in missing]
-        blobs = dict(txn.cursor(self._sub_actions).getmulti(keys))
-        for sid, sk in zip(missing, keys, strict=True):
-            blob = blobs.get(sk)
-            if blob is not None:
-                tails = tuple(sk + kb for kb in _enabled(blob))
-                known[sid] = (blob[1 : blob.index(b"\0")], blob, tails)
-        return known
+            if len(written) == gen - lists.gen:
+                keys = sorted(set(written))
+                blobs = dict(txn.cursor(self._sub_actions).getmulti(keys))
+                lists.update(gen, {_U64.unpack(k)[0]: blobs.get(k) for k in keys})
+        if lists is None or lists.gen != gen or lists.stale:
+            lists = self._lists = ActionLists(gen, txn.cursor(self._sub_actions).iternext())
+        return lists
 
     def disable_action(self, sub_id: int, index: int, reason: str) -> Subscription | None:
         """Mark one action of a subscription disabled (param ``disabled``: the reason), so that
@@ -773,19 +762,6 @@ def _token(key: bytes, raw: bytes) -> TokenRecord:
         key.decode(), bytes.fromhex(d["salt"]), bytes.fromhex(d["digest"]), d["owner"],
         d["operator"], d["created"],
     )  # fmt: skip
-
-
-_INDEX = [struct.pack(">H", k) for k in range(256)]  # an action key's last two bytes
-_ALL = [tuple(_INDEX[:n]) for n in range(256)]
-
-
-def _enabled(blob: bytes) -> tuple[bytes, ...]:
-    """The packed indexes of the enabled actions in a sub_actions blob (its JSON parsed only
-    when one may be disabled)."""
-    if b'"disabled"' not in blob:
-        return _ALL[blob[0]]
-    actions = json.loads(blob[blob.index(b"\0") + 1 :])
-    return tuple(_INDEX[k] for k, (_, params) in enumerate(actions) if not params.get(DISABLED))
 
 
 def _split_keys(value: bytes) -> list[bytes]:
