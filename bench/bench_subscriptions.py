@@ -11,8 +11,11 @@ Run: .venv/bin/python bench/bench_subscriptions.py [--subs N] [--events E]
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import os
 import random
+import subprocess
 import sys
 import tempfile
 import threading
@@ -128,6 +131,35 @@ class BruteForce:
         return sorted(k["ids"][ok].tolist())
 
 
+_RESTART = """
+import json, sys, time
+from pathlib import Path
+t0 = time.perf_counter()
+from heliostat.subscriptions.service import SubscriptionService
+t1 = time.perf_counter()
+svc = SubscriptionService(Path(sys.argv[1]), map_size=4 << 30)
+t2 = time.perf_counter()
+svc.close()
+print(json.dumps({"imports_s": t1 - t0, "ready_s": t2 - t1}))
+"""
+
+
+def restart_in_new_process(path: Path) -> tuple[float, float]:
+    """(seconds from opening the store to ready, seconds from spawning the process to ready) in
+    a new Python process."""
+    t0 = time.perf_counter()
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    run = subprocess.run([sys.executable, "-c", _RESTART, str(path)], capture_output=True,
+                         text=True, env=env)  # fmt: skip
+    if run.returncode:
+        raise RuntimeError(f"restart in a new process failed:\n{run.stderr}")
+    out = run.stdout
+    total = time.perf_counter() - t0
+    times = json.loads(out.strip().splitlines()[-1])
+    return float(times["ready_s"]), total
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--subs", type=int, default=DEFAULT_SUBS)
@@ -159,12 +191,13 @@ def main() -> None:
         report.add("bulk load (validate + store, 10k per txn)", n / load_s, "subs/s")
         svc.close()
 
-        t0 = time.perf_counter()
-        svc = SubscriptionService(path, map_size=4 << 30)
-        ready_s = time.perf_counter() - t0
+        # In a fresh process, as a server restarts: this one holds 10^6 Subscription objects
+        # that the garbage collector would walk during the load (a third of the time).
+        ready_s, process_s = restart_in_new_process(path)
         report.add("restart to ready (read LMDB, rebuild indexes and action lists)", ready_s, "s",
-                   target="<= 10 s at 10^6 subs",
-                   met=ready_s <= 10 if n >= 1_000_000 else None)  # fmt: skip
+                   target="<= 10 s at 10^6 subs", met=ready_s <= 10 if n >= 1_000_000 else None,
+                   with_interpreter_and_imports_s=process_s)  # fmt: skip
+        svc = SubscriptionService(path, map_size=4 << 30)
 
         events = [make_event(rng, i) for i in range(args.events)]
         t0 = time.perf_counter()
