@@ -54,7 +54,11 @@ class DriverSettings:
     dead_letter_retention_s: float = 30 * 86400.0  # dead letters kept this long (0: for ever)
     deletion_batch: int = 500  # actions per deletion transaction
     stats_interval_s: float = 1.0  # how often this process's counts join the shared totals
-    change_log_batch: int = 10_000  # change-log entries pruned per transaction
+    # Deletion passes hold LMDB's writer lock, which publishes and subscription writes wait for:
+    # small passes with a pause between them while more waits (10^6 change-log entries pruned
+    # 10,000 at a time back to back put the PublishEvents p99 at 160 ms at 1,000 events/s).
+    change_log_batch: int = 2_000  # change-log entries pruned per transaction
+    deletion_pause_s: float = 0.05
     # A process that has not posted its change-log position this long (a deletion pass posts
     # it) is taken for gone; if it comes back behind the pruned log, it rebuilds its index.
     reader_ttl_s: float = 600.0
@@ -99,9 +103,7 @@ class Drivers:
         self._tasks = [
             asyncio.create_task(self._loop("event", self._tail, s.poll_s, self._recorded)),
             asyncio.create_task(self._loop("recovery", self.recover, s.recovery_interval_s)),
-            asyncio.create_task(
-                self._loop("deletion", self.delete_finished, s.deletion_interval_s)
-            ),
+            asyncio.create_task(self._deletion_loop()),
             asyncio.create_task(self._loop("stats", self._flush_stats, s.stats_interval_s)),
         ]
         self._tasks += [
@@ -130,15 +132,22 @@ class Drivers:
             print(f"heliostat: change-log reader: {e!r}", file=sys.stderr, flush=True)
         self._executor.shutdown(wait=True)
 
+    async def _deletion_loop(self) -> None:
+        s = self.settings
+        await self._loop(
+            "deletion", self.delete_finished, s.deletion_interval_s, pause=s.deletion_pause_s
+        )
+
     async def _loop(
         self,
         what: str,
         step: Callable[[], bool],
         interval: float,
         wake: asyncio.Event | None = None,
+        pause: float = 0.0,
     ) -> None:
-        """Run step every interval (or when woken), at once again while it says more is
-        waiting."""
+        """Run step every interval (or when woken), again after ``pause`` while it says more
+        is waiting."""
         wake = wake or self._stopping
         while not self._stopping.is_set():
             if wake is not self._stopping:
@@ -149,8 +158,11 @@ class Drivers:
                 self.stats.count("driver_errors")
                 print(f"heliostat: {what} driver: {e!r}", file=sys.stderr, flush=True)
                 again = False
-            if again:
-                continue  # more is waiting
+            if again:  # more is waiting
+                if pause:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stopping.wait(), pause)
+                continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), interval)
 
