@@ -1,13 +1,15 @@
 /* One output row of a rotation-free warp (a scale, shift or mirror per axis), 16-bit lanes with
  * AVX-512 BW.
  *
- * Vertical pass: the source rows a row's taps cover, weighted into one 16-bit line at 1/64 grey
+ * Vertical pass: the source rows a row's taps cover, weighted into one 16-bit line at 1/128 grey
  * level (vpmulhrsw rounds each product), 32 pixels a step. Horizontal pass: 32 output pixels a
- * step from a 64-word window of that line (two loads), their taps picked by word permutes
- * (vpermi2w) whatever the columns' pattern (consecutive, every 1.9 px, or mirrored), weighted
- * the same way. Weights are 1/16384 fixed point; all products and sums stay within 1/20 of a
- * grey level of the float ones, so results are within one grey level of the exact mean of the
- * bilinear samples.
+ * step, their taps read as plain loads where they are consecutive (a native-scale run) and
+ * otherwise picked by word permutes (vpermi2w) from a 64-word window of the line, whatever the
+ * columns' pattern (every 1.9 px, or mirrored); weighted the same way. Weights are 1/16384 fixed
+ * point; the products and sums stay within 1/20 of a grey level of the float ones, so results
+ * are within one grey level of the exact mean of the bilinear samples (the float32 Numba path
+ * rounds the same sums). Twice the lanes of float32 and one instruction a tap: 2–3x faster than
+ * that path.
  */
 #ifndef HELIOSTAT_SEPARABLE_ROW_H
 #define HELIOSTAT_SEPARABLE_ROW_H
@@ -64,16 +66,18 @@ HS_BW static inline __attribute__((always_inline)) void hs_vertical(
     }
 }
 
-/* out[u], u < w_out: sum over k < taps of wx[c][k][lane] * line[base[c] + idx[c][lane] + k],
- * c = u / 32, lane = u % 32, at 1/16384, rounded to a byte; base[c] is (window start, 1 if the
- * run's idx is 0, 1, 2, ... else 0). Such runs read their taps as plain loads, the others
- * permute them out of a 64-word window (every idx + taps - 1 < 64). line holds 64 words from
- * every base. Inlined with a constant ``taps`` for 2 and 3. */
+/* out[u] for u0 <= u < min(u1, w_out), u0 a multiple of 32: the sum over k < taps of
+ * wx[c][k][lane] * line[base[c] + idx[c][lane] + k], c = u / 32, lane = u % 32, at 1/16384,
+ * rounded to a byte; base[c] is (window start, 1 if the run's idx is 0, 1, 2, ... else 0). Such
+ * runs read their taps as plain loads, the others permute them out of a 64-word window (every
+ * idx + taps - 1 < 64). line holds 64 words from every base. Inlined with a constant ``taps``
+ * for 2 and 3. */
 HS_BW static inline __attribute__((always_inline)) void hs_horizontal(
     const int16_t *line, const int32_t *base, const int16_t *idx, const int16_t *wx,
-    int64_t taps, int64_t w_out, uint8_t *out) {
+    int64_t taps, int64_t u0, int64_t u1, int64_t w_out, uint8_t *out) {
     const __m512i one = _mm512_set1_epi16(1), half = _mm512_set1_epi16(32);
-    for (int64_t u = 0, c = 0; u < w_out; u += HS_SEP_LANES, c++) {
+    if (u1 > w_out) u1 = w_out;
+    for (int64_t u = u0, c = u0 / HS_SEP_LANES; u < u1; u += HS_SEP_LANES, c++) {
         const int16_t *t = line + base[2 * c];
         const int16_t *w = wx + c * taps * HS_SEP_LANES;
         __m512i acc = half;
@@ -101,26 +105,30 @@ HS_BW static inline __attribute__((always_inline)) void hs_horizontal(
     }
 }
 
-/* One output row: the vertical pass of ``rows`` source rows from src (width bytes each, pitch
- * apart, weights wy) into line, prefetching pf_rows rows from pf, then the horizontal pass into
- * out. line holds 64 words past the largest base and past width rounded up to 32, zero beyond
- * what the vertical pass writes. */
-/* dst[0, n) = src[0, n), past an aligned head with non-temporal stores if ``stream``. */
-HS_BW static inline void hs_copy(uint8_t *dst, const uint8_t *src, int64_t n, int stream) {
-    int64_t i = 0;
-    if (stream) {
-        const int64_t head = (64 - ((uintptr_t)dst & 63)) & 63;
-        i = head < n ? head : n;
-        const __mmask64 m = (__mmask64)((1ULL << i) - 1);
-        _mm512_mask_storeu_epi8(dst, m, _mm512_maskz_loadu_epi8(m, src));
-        for (; i + 64 <= n; i += 64)
-            _mm512_stream_si512((void *)(dst + i), _mm512_loadu_si512((const void *)(src + i)));
-    } else {
-        for (; i + 64 <= n; i += 64)
-            _mm512_storeu_si512((void *)(dst + i), _mm512_loadu_si512((const void *)(src + i)));
-    }
-    const __mmask64 m = (__mmask64)((1ULL << (n - i)) - 1);
+/* Output columns between the non-temporal stores of a streamed row: its stores then come
+ * spread among the arithmetic instead of in a burst at the end that stalls it. */
+#define HS_SEP_SEGMENT 256
+
+/* dst[i, j) = src[i, j), dst + i 64-byte aligned, j - i a multiple of 64: non-temporal. */
+HS_BW static inline void hs_stream(uint8_t *dst, const uint8_t *src, int64_t i, int64_t j) {
+    for (; i < j; i += 64)
+        _mm512_stream_si512((void *)(dst + i), _mm512_loadu_si512((const void *)(src + i)));
+}
+
+/* dst[i, j) = src[i, j), j - i < 64 (masked). */
+HS_BW static inline void hs_copy_short(uint8_t *dst, const uint8_t *src, int64_t i, int64_t j) {
+    const __mmask64 m = (__mmask64)((1ULL << (j - i)) - 1);
     _mm512_mask_storeu_epi8(dst + i, m, _mm512_maskz_loadu_epi8(m, src + i));
+}
+
+HS_BW static inline __attribute__((always_inline)) void hs_horizontal_taps(
+    const int16_t *line, const int32_t *base, const int16_t *idx, const int16_t *wx,
+    int64_t taps, int64_t u0, int64_t u1, int64_t w_out, uint8_t *out) {
+    switch (taps) {
+    case 2: hs_horizontal(line, base, idx, wx, 2, u0, u1, w_out, out); break;
+    case 3: hs_horizontal(line, base, idx, wx, 3, u0, u1, w_out, out); break;
+    default: hs_horizontal(line, base, idx, wx, taps, u0, u1, w_out, out);
+    }
 }
 
 /* One output row: the vertical pass of ``rows`` source rows from src (width bytes each, pitch
@@ -142,16 +150,36 @@ HS_BW static void hs_separable_row(const uint8_t *src, int64_t pitch, int64_t ro
     case 3: hs_vertical(src, pitch, 3, wy, width, line, pf, pf_rows); break;
     default: hs_vertical(src, pitch, rows, wy, width, line, pf, pf_rows);
     }
-    uint8_t *dst = buf ? buf : out;
-    switch (taps) {
-    case 2: hs_horizontal(line, base, idx, wx, 2, w_out, dst); break;
-    case 3: hs_horizontal(line, base, idx, wx, 3, w_out, dst); break;
-    default: hs_horizontal(line, base, idx, wx, taps, w_out, dst);
+    if (!buf) {
+        hs_horizontal_taps(line, base, idx, wx, taps, 0, w_out, w_out, out);
+        int64_t i = 0;
+        for (; i + 64 <= w_out; i += 64)
+            _mm512_storeu_si512((void *)(alpha + i),
+                                _mm512_loadu_si512((const void *)(alpha_row + i)));
+        hs_copy_short(alpha, alpha_row, i, w_out);
+        return;
     }
-    if (buf) hs_copy(out, buf, w_out, 1);
-    hs_copy(alpha, alpha_row, w_out, buf != 0);
+    /* out and alpha share their alignment (rows of one width from 64-byte aligned arrays) or
+     * not: each gets its own head. */
+    const int64_t head_o = (int64_t)((64 - ((uintptr_t)out & 63)) & 63);
+    const int64_t head_a = (int64_t)((64 - ((uintptr_t)alpha & 63)) & 63);
+    int64_t done_o = head_o < w_out ? head_o : w_out, done_a = head_a < w_out ? head_a : w_out;
+    hs_copy_short(alpha, alpha_row, 0, done_a);
+    for (int64_t u = 0; u < w_out; u += HS_SEP_SEGMENT) {
+        const int64_t e = u + HS_SEP_SEGMENT < w_out ? u + HS_SEP_SEGMENT : w_out;
+        hs_horizontal_taps(line, base, idx, wx, taps, u, e, w_out, buf);
+        if (u == 0) hs_copy_short(out, buf, 0, done_o);
+        const int64_t to_o = e < done_o ? done_o : done_o + ((e - done_o) & ~(int64_t)63);
+        const int64_t to_a = e < done_a ? done_a : done_a + ((e - done_a) & ~(int64_t)63);
+        hs_stream(out, buf, done_o, to_o);
+        hs_stream(alpha, alpha_row, done_a, to_a);
+        done_o = to_o;
+        done_a = to_a;
+    }
+    hs_copy_short(out, buf, done_o, w_out);
+    hs_copy_short(alpha, alpha_row, done_a, w_out);
     /* Non-temporal stores are weakly ordered: drain them before the row is reported done. */
-    if (buf) _mm_sfence();
+    _mm_sfence();
 }
 #else
 static void hs_separable_row(const uint8_t *src, int64_t pitch, int64_t rows, const int16_t *wy,
