@@ -435,10 +435,14 @@ def _separable_rows_simd(
     idx_at = np.int64(idx.ctypes.data)
     wq_at = np.int64(wq.ctypes.data)
     taps = wyq.shape[1]
-    # Source rows an output row has that the one before has not: as many as its step, at the
-    # far end of its taps in the direction of travel.
+    # Rows in the order that reads the source upwards in memory: hardware prefetch follows
+    # ascending addresses, a mirrored axis (a 180° turn) read downwards takes twice as long.
+    step = 1 if ay >= 0.0 else -1
+    # Source rows an output row has that the one before has not (prefetched during that one): as
+    # many as the step, at the bottom of its taps.
     fresh = min(math.ceil(abs(ay)), taps)
-    for v in range(v0, v1):
+    for i in range(v0, v1):
+        v = i if step > 0 else v0 + v1 - 1 - i
         o = out[v]
         if cy[v] == 0:
             o[:] = 0
@@ -453,8 +457,8 @@ def _separable_rows_simd(
             k1 -= 1
         pf0 = 0
         pf1 = 0
-        if v + 1 < v1:
-            pf0 = fy[v + 1] + (taps - fresh if ay > 0 else 0)
+        if v0 <= v + step < v1:
+            pf0 = fy[v + step] + taps - fresh
             pf1 = min(pf0 + fresh, h_src)
         args = (
             src_at + (fy[v] + k0) * pitch, np.int64(pitch), np.int64(k1 - k0),
