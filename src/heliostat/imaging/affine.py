@@ -16,8 +16,11 @@ both axes) the same mean of bilinear samples factors into a vertical and a horiz
 per-row and per-column weight tables (_warp_separable), within one grey level of the per-pixel
 path and with the same alpha. The vertical pass weights whole source rows into a float row; the
 horizontal one reads that row with vector loads along runs of columns whose taps are
-consecutive (any step near ±1: every native-scale layer), and gathers elsewhere. Tiles and
-screenshots both resample through it. Rotated matrices take the per-pixel path
+consecutive (any step near ±1: every native-scale layer), and gathers elsewhere. On a CPU with
+AVX-512 BW both passes of a row run in hs_separable_row instead (ext/separable_row.h: 16-bit
+lanes and 1/16384 weights, taps by word permutes from a 64-word window wherever they fall, so
+steps up to 1.9 and mirrors too; non-temporal stores for frames past 8 MiB; 1.1–3x faster).
+Tiles and screenshots both resample through it. Rotated matrices take the per-pixel path
 (_warp_general), whose interior pixels go through vectorised position and bilinear passes
 around one scalar fetch of the four neighbours; or, on a CPU with AVX-512 VBMI and within ~20°
 of the axes, through hs_bilinear_row (ext/bilinear_row.h: byte permutes of the source rows a
@@ -304,8 +307,8 @@ def _warp_separable(
     """x = ax·u + bx, y = ay·v + by over ``src``, rows of ``w_src`` bytes ``pitch`` apart: the
     n × n supersampled bilinear mean factors into a vertical pass (whole source rows weighted
     into one float row, plain SIMD) and a horizontal one with per-column taps. ``simd``, if not
-    0, is the address of hs_separable_row, which then does both passes of every row whose
-    column taps fit its windows (_sep_tables)."""
+    0, is the address of hs_separable_row, which then does both passes of every row, provided
+    every run of its columns' taps fits its window (_sep_tables; a step up to ~1.9)."""
     h_src = (src.size - w_src) // pitch + 1 if src.size else 0
     h_out, w_out = out.shape
     fx, wx, cx = _axis_taps(w_out, w_src, ax, bx, n)
