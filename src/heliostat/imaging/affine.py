@@ -360,14 +360,14 @@ def _q14(w: F32Array) -> npt.NDArray[np.int16]:
     for r in range(w.shape[0]):
         total = 0.0
         big = 0
-        err = 0
+        got = 0
         for k in range(w.shape[1]):
             total += w[r, k]
             q[r, k] = np.int16(math.floor(w[r, k] * 16384.0 + 0.5))
-            err += q[r, k]
+            got += q[r, k]
             if w[r, k] > w[r, big]:
                 big = k
-        q[r, big] += np.int16(math.floor(total * 16384.0 + 0.5) - err)
+        q[r, big] += np.int16(math.floor(total * 16384.0 + 0.5) - got)
     return q
 
 
@@ -391,10 +391,9 @@ def _sep_tables(
         u0 = c * lanes
         u1 = min(u0 + lanes, w_out)
         b = first[u0:u1].min()
-        e = first[u0:u1].max()
         base[c, 0] = b
-        base[c, 1] = e - b == u1 - 1 - u0
-        span = max(span, e - b + taps)
+        base[c, 1] = 1
+        span = max(span, first[u0:u1].max() - b + taps)
         for u in range(u0, u1):
             base[c, 1] &= first[u] - b == u - u0
             # Beyond the window the run does not go to hs_separable_row at all.
