@@ -41,8 +41,9 @@ static int hs_separable_row_supported(void) {
  * per product; then zeros up to the next multiple of 32. No source byte past a row's width is
  * read (masked loads). Meanwhile the pf_rows rows from pf (the next output row's new source
  * rows) are prefetched into L2 (10% faster than without; into L1 fills its miss queue): a row
- * is a 4 KiB page at 4096², where the hardware prefetcher starts over. Inlined with a constant ``rows`` for 1 to 3 rows (every 1× or 2× supersampled axis up to
- * a step of 2), so the rows' weights stay in registers. */
+ * is a 4 KiB page at 4096², where the hardware prefetcher starts over. Inlined with a constant
+ * ``rows`` for 1 to 3 rows (every 1× or 2× supersampled axis up to a step of 2), so the rows'
+ * weights stay in registers. */
 HS_BW static inline __attribute__((always_inline)) void hs_vertical(
     const uint8_t *src, int64_t pitch, int64_t rows, const int16_t *wy, int64_t width,
     int16_t *line, const uint8_t *pf, int64_t pf_rows) {
@@ -71,7 +72,7 @@ HS_BW static inline __attribute__((always_inline)) void hs_vertical(
  * rounded to a byte; base[c] is (window start, 1 if the run's idx is 0, 1, 2, ... else 0). Such
  * runs read their taps as plain loads, the others permute them out of a 64-word window (every
  * idx + taps - 1 < 64). line holds 64 words from every base. Inlined with a constant ``taps``
- * for 2 and 3. */
+ * for 1 to 3. */
 HS_BW static inline __attribute__((always_inline)) void hs_horizontal(
     const int16_t *line, const int32_t *base, const int16_t *idx, const int16_t *wx,
     int64_t taps, int64_t u0, int64_t u1, int64_t w_out, uint8_t *out) {
@@ -125,6 +126,7 @@ HS_BW static inline __attribute__((always_inline)) void hs_horizontal_taps(
     const int16_t *line, const int32_t *base, const int16_t *idx, const int16_t *wx,
     int64_t taps, int64_t u0, int64_t u1, int64_t w_out, uint8_t *out) {
     switch (taps) {
+    case 1: hs_horizontal(line, base, idx, wx, 1, u0, u1, w_out, out); break;
     case 2: hs_horizontal(line, base, idx, wx, 2, u0, u1, w_out, out); break;
     case 3: hs_horizontal(line, base, idx, wx, 3, u0, u1, w_out, out); break;
     default: hs_horizontal(line, base, idx, wx, taps, u0, u1, w_out, out);

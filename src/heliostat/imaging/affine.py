@@ -378,20 +378,28 @@ def _sep_tables(
     """hs_separable_row's column tables: per run of SEP_LANES output columns the line index
     its window starts at and whether its taps are consecutive (1, else 0), per column its first
     tap's index in that window, and per run its weights tap by tap (1/16384). Last: the widest
-    window any run needs."""
+    window any run needs. A tap with no weight in any column is left out: at whole-pixel
+    positions (a flip about a pixel centre, an integer shift) one tap a column is left."""
     lanes = _SEP_LANES
-    w_out, taps = wx.shape
+    q = _q14(wx)
+    w_out, taps = q.shape
+    t0 = 0
+    t1 = taps
+    while t1 - t0 > 1 and not q[:, t0].any():
+        t0 += 1
+    while t1 - t0 > 1 and not q[:, t1 - 1].any():
+        t1 -= 1
+    taps = t1 - t0
     runs = -(-w_out // lanes)
     base = np.zeros((runs, 2), np.int32)
     idx = np.zeros(runs * lanes, np.int16)
     wq = np.zeros((runs, taps, lanes), np.int16)
-    q = _q14(wx)
     span = 0
     for c in range(runs):
         u0 = c * lanes
         u1 = min(u0 + lanes, w_out)
         b = first[u0:u1].min()
-        base[c, 0] = b
+        base[c, 0] = b + t0
         base[c, 1] = 1
         span = max(span, first[u0:u1].max() - b + taps)
         for u in range(u0, u1):
@@ -399,7 +407,7 @@ def _sep_tables(
             # Beyond the window the run does not go to hs_separable_row at all.
             idx[u] = min(first[u] - b, 32767)
             for k in range(taps):
-                wq[c, k, u - u0] = q[u, k]
+                wq[c, k, u - u0] = q[u, t0 + k]
     return base, idx, wq, span
 
 
