@@ -72,6 +72,7 @@ extensions = [
         "heliostat.imaging._simd",
         ["ext/simd.pyx"],
         include_dirs=["ext"],
+        depends=["ext/bilinear_row.h", "ext/separable_row.h"],
         extra_compile_args=["-O3"],
     ),
 ]

@@ -217,12 +217,19 @@ def test_rotation_by_180_degrees_is_an_exact_flip() -> None:
 
 @pytest.mark.parametrize("simd", [False, True])
 def test_warp_is_the_same_on_one_thread_or_many(simd: bool) -> None:
-    from heliostat.imaging.affine import _rows, _simd_row, _warp_general, _warp_separable
+    from heliostat.imaging.affine import (
+        _SEPARABLE_ROW,
+        _rows,
+        _simd_row,
+        _warp_general,
+        _warp_separable,
+    )
 
     src = np.random.default_rng(5).integers(0, 256, (300, 300), dtype=np.uint8)
     m = _rotation(10.0, 1.2, 30.0, -20.0)
     fn = _simd_row(m, 2) if simd else 0
-    if simd and not fn:
+    sep = _SEPARABLE_ROW if simd else 0
+    if simd and not (fn and sep):
         pytest.skip("this CPU has no AVX-512 VBMI")
     outs = []
     for chunks in (1, 3):
@@ -233,7 +240,7 @@ def test_warp_is_the_same_on_one_thread_or_many(simd: bool) -> None:
         outs.append((out, alpha))
         out = np.empty((256, 256), np.uint8)
         alpha = np.empty_like(out)
-        _warp_separable(flat, pitch, 300, 1.2, 0.5, 1.2, -0.5, 2, out, alpha, chunks)
+        _warp_separable(flat, pitch, 300, 1.2, 0.5, 1.2, -0.5, 2, out, alpha, chunks, sep)
         outs.append((out, alpha))
     for a, b in zip(outs[:2], outs[2:], strict=True):
         assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
@@ -313,6 +320,117 @@ def test_simd_rows_read_nothing_past_the_end_of_the_image() -> None:
             m[1, 2] = (h - 1) / 2 - (m[1, 0] * (w - 1) / 2 + m[1, 1] * (h - 1) / 2)
             fast, fast_alpha = _general(src, m, (h, w), _simd_or_skip(m))
             ref, ref_alpha = _general(src, m, (h, w), 0)
+            assert np.array_equal(fast_alpha, ref_alpha)
+            assert np.abs(fast.astype(int) - ref).max() <= 1
+    finally:
+        libc.mprotect(ctypes.c_void_p(guard), ctypes.c_size_t(page), 3)
+        del src
+        buf.close()
+
+
+def _separable(src: np.ndarray, m: list[list[float]], shape: tuple[int, int], fn: int) -> tuple:
+    from heliostat.imaging.affine import _rows, _warp_separable
+
+    out = np.empty(shape, np.uint8)
+    alpha = np.empty(shape, np.uint8)
+    n = max(1, math.ceil(max(abs(m[0][0]), abs(m[1][1])) - 1e-6))
+    flat, pitch = _rows(src)
+    (ax, _, bx), (_, ay, by) = m
+    _warp_separable(flat, pitch, src.shape[1], ax, bx, ay, by, n, out, alpha, 2, fn)
+    return out, alpha
+
+
+def _separable_or_skip() -> int:
+    from heliostat.imaging.affine import _SEPARABLE_ROW
+
+    if not _SEPARABLE_ROW:
+        pytest.skip("this CPU has no AVX-512 BW")
+    return _SEPARABLE_ROW
+
+
+@pytest.mark.parametrize(
+    "m",
+    [
+        [[1.0, 0.0, 0.3], [0.0, 1.0, -0.45]],  # native scale, subpixel shift: consecutive taps
+        [[1.0088, 0.0, 1.7], [0.0, 1.0088, -2.2]],  # a default screenshot's AIA layer
+        [[1.9, 0.0, 0.3], [0.0, 1.9, 0.2]],  # 2×2 samples, the widest window the kernel takes
+        [[-1.0, 0.0, 699.3], [0.0, -1.0, 599.1]],  # 180°: both axes read backwards
+        [[0.45, 0.0, -20.0], [0.0, 0.7, 10.0]],  # enlarging, reaching past the top left
+        [[-1.37, 0.0, 720.0], [0.0, 1.21, -30.0]],  # one mirrored axis, past the edges
+    ],
+)
+def test_simd_separable_rows_equal_the_numba_path_on_a_real_image(
+    aia_image: np.ndarray, m: list[list[float]]
+) -> None:
+    # hs_separable_row (16-bit lanes, 1/16384 weights) against the float32 Numba passes on a real
+    # AIA disc, edges included: within one grey level, alpha identical.
+    fn = _separable_or_skip()
+    src = aia_image[:, 3:]  # a strided view
+    shape = (580, 640)
+    fast, fast_alpha = _separable(src, m, shape, fn)
+    ref, ref_alpha = _separable(src, m, shape, 0)
+    assert np.array_equal(fast_alpha, ref_alpha)
+    assert (fast_alpha == 255).sum() > shape[0] * shape[1] // 4
+    diff = np.abs(fast.astype(int) - ref)
+    assert diff.max() <= 1
+    assert (diff == 1).mean() < 0.05
+    assert (fast[fast_alpha == 0] == 0).all()
+
+
+def test_simd_separable_rows_stream_a_large_frame_to_the_same_result() -> None:
+    # From 8 MiB of output the rows go out by non-temporal stores through a row buffer.
+    from heliostat.imaging.affine import _STREAM_BYTES
+
+    fn = _separable_or_skip()
+    side = math.isqrt(_STREAM_BYTES) + 8
+    src = np.random.default_rng(8).integers(0, 256, (side - 20, side + 50), dtype=np.uint8)
+    m = [[1.0088, 0.0, 5.3], [0.0, 1.0088, 7.9]]
+    fast, fast_alpha = _separable(src, m, (side, side), fn)
+    ref, ref_alpha = _separable(src, m, (side, side), 0)
+    assert np.array_equal(fast_alpha, ref_alpha)
+    assert (fast_alpha == 0).any() and (fast_alpha == 255).mean() > 0.9
+    assert np.abs(fast.astype(int) - ref).max() <= 1
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_simd_separable_rows_keep_a_flat_image_flat(n: int) -> None:
+    # Each row's and column's weights sum to exactly 1 in fixed point: no drift, at any level.
+    fn = _separable_or_skip()
+    for level in (0, 1, 128, 254, 255):
+        src = np.full((90, 120), level, np.uint8)
+        step = 1.0 if n == 1 else 1.73
+        out, alpha = _separable(src, [[step, 0.0, 0.37], [0.0, step, 0.61]], (40, 60), fn)
+        assert (out[alpha == 255] == level).all()
+
+
+def test_simd_separable_rows_read_nothing_past_the_end_of_the_image() -> None:
+    # The source's last byte is the last of a readable page and the next page is PROT_NONE: a
+    # row load reaching past the image (the last rows or columns) faults.
+    import ctypes
+    import mmap
+
+    fn = _separable_or_skip()
+    page = mmap.PAGESIZE
+    h, w = 120, 203
+    size = h * w
+    pages = -(-size // page) + 1
+    buf = mmap.mmap(-1, pages * page, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    base = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+    libc = ctypes.CDLL(None, use_errno=True)
+    guard = base + (pages - 1) * page
+    start = (pages - 1) * page - size
+    src = np.frombuffer(buf, np.uint8, size, start).reshape(h, w)
+    src[:] = np.random.default_rng(9).integers(0, 256, (h, w), dtype=np.uint8)
+    assert libc.mprotect(ctypes.c_void_p(guard), ctypes.c_size_t(page), 0) == 0  # PROT_NONE
+    try:
+        for m in (
+            [[1.0, 0.0, 0.4], [0.0, 1.0, 0.3]],
+            [[1.9, 0.0, 10.2], [0.0, 1.9, 20.7]],
+            [[-1.0, 0.0, w - 0.6], [0.0, -1.0, h - 0.7]],
+            [[1.0088, 0.0, 1.7], [0.0, 1.0088, 1.2]],
+        ):
+            fast, fast_alpha = _separable(src, m, (h, w), fn)
+            ref, ref_alpha = _separable(src, m, (h, w), 0)
             assert np.array_equal(fast_alpha, ref_alpha)
             assert np.abs(fast.astype(int) - ref).max() <= 1
     finally:

@@ -3,3 +3,8 @@
 MAX_STEP: float
 
 def bilinear_row_address() -> int: ...
+
+SEP_LANES: int
+SEP_WINDOW: int
+
+def separable_row_address() -> int: ...

@@ -16,8 +16,11 @@ both axes) the same mean of bilinear samples factors into a vertical and a horiz
 per-row and per-column weight tables (_warp_separable), within one grey level of the per-pixel
 path and with the same alpha. The vertical pass weights whole source rows into a float row; the
 horizontal one reads that row with vector loads along runs of columns whose taps are
-consecutive (any step near ±1: every native-scale layer), and gathers elsewhere. Tiles and
-screenshots both resample through it. Rotated matrices take the per-pixel path
+consecutive (any step near ±1: every native-scale layer), and gathers elsewhere. On a CPU with
+AVX-512 BW both passes of a row run in hs_separable_row instead (ext/separable_row.h: 16-bit
+lanes and 1/16384 weights, taps by word permutes from a 64-word window wherever they fall, so
+steps up to 1.9 and mirrors too; non-temporal stores for frames past 8 MiB; 1.1–3x faster).
+Tiles and screenshots both resample through it. Rotated matrices take the per-pixel path
 (_warp_general), whose interior pixels go through vectorised position and bilinear passes
 around one scalar fetch of the four neighbours; or, on a CPU with AVX-512 VBMI and within ~20°
 of the axes, through hs_bilinear_row (ext/bilinear_row.h: byte permutes of the source rows a
@@ -147,7 +150,9 @@ def warp_affine(src: U8Array, m: F64Array, out: U8Array, alpha: U8Array) -> None
     # sin of a multiple of 90°, as a 180° CROTA gives): the matrix is a scale or a mirror.
     if abs(m[0, 1]) * h < 1e-6 and abs(m[1, 0]) * w < 1e-6:
         ax, bx, ay, by = m[0, 0], m[0, 2], m[1, 1], m[1, 2]
-        _warp_separable(flat, pitch, src.shape[1], ax, bx, ay, by, n, out, alpha, chunks)
+        # The C rows write whole rows of bytes.
+        simd = _SEPARABLE_ROW if out.strides[1] == alpha.strides[1] == 1 else 0
+        _warp_separable(flat, pitch, src.shape[1], ax, bx, ay, by, n, out, alpha, chunks, simd)
     else:
         _warp_general(src, flat, pitch, m, n, out, alpha, chunks, _simd_row(m, n))
 
@@ -155,6 +160,20 @@ def warp_affine(src: U8Array, m: F64Array, out: U8Array, alpha: U8Array) -> None
 # hs_bilinear_row (ext/bilinear_row.h) where the CPU has AVX-512 VBMI; HELIOSTAT_SIMD=0 turns
 # it off (the tests compare both paths).
 _BILINEAR_ROW = _simd.bilinear_row_address() if os.environ.get("HELIOSTAT_SIMD", "1") != "0" else 0
+
+
+# hs_separable_row (ext/separable_row.h) where the CPU has AVX-512 BW, under the same switch.
+_SEPARABLE_ROW = (
+    _simd.separable_row_address() if os.environ.get("HELIOSTAT_SIMD", "1") != "0" else 0
+)
+
+
+# Its output columns a step, and the line window their taps must fit in.
+_SEP_LANES = _simd.SEP_LANES
+_SEP_WINDOW = _simd.SEP_WINDOW
+# Output size from which it writes past the caches (the source, output and alpha then no longer
+# fit a 32 MiB L3 together), as memcpy does for large copies.
+_STREAM_BYTES = 8 << 20
 
 
 # Largest row step down the source (per output pixel) for which the SIMD kernel wins: it loads
@@ -192,6 +211,27 @@ def _call_row_typer(typingctx, fn, flat, pitch, px, py, ax, ay, n, out, start): 
 
 
 _call_row: Any = intrinsic(_call_row_typer)
+
+
+def _call_c_typer(typingctx, fn, args):  # type: ignore[no-untyped-def]
+    """fn(*args) for the address ``fn`` of a C function taking int64 and pointer arguments
+    (passed as int64 addresses: the same registers in the x86-64 ABI) and returning nothing."""
+    if not isinstance(args, nb_types.UniTuple) or args.dtype != nb_types.int64:
+        return None
+    sig = nb_types.void(fn, args)
+
+    def codegen(context, builder, signature, call_args):  # type: ignore[no-untyped-def]
+        fn_, args_ = call_args
+        i64 = llvm_ir.IntType(64)
+        fnty = llvm_ir.FunctionType(llvm_ir.VoidType(), [i64] * args.count)
+        values = cgutils.unpack_tuple(builder, args_, args.count)  # type: ignore[no-untyped-call]
+        builder.call(builder.inttoptr(fn_, fnty.as_pointer()), values)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+_call_c: Any = intrinsic(_call_c_typer)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -263,10 +303,13 @@ def _warp_separable(
     out: U8Array,
     alpha: U8Array,
     chunks: int,
+    simd: int,
 ) -> None:
     """x = ax·u + bx, y = ay·v + by over ``src``, rows of ``w_src`` bytes ``pitch`` apart: the
     n × n supersampled bilinear mean factors into a vertical pass (whole source rows weighted
-    into one float row, plain SIMD) and a horizontal one with per-column taps."""
+    into one float row, plain SIMD) and a horizontal one with per-column taps. ``simd``, if not
+    0, is the address of hs_separable_row, which then does both passes of every row, provided
+    every run of its columns' taps fits its window (_sep_tables; a step up to ~1.9)."""
     h_src = (src.size - w_src) // pitch + 1 if src.size else 0
     h_out, w_out = out.shape
     fx, wx, cx = _axis_taps(w_out, w_src, ax, bx, n)
@@ -290,12 +333,153 @@ def _warp_separable(
             x = ax * u + bx
             linear[u] = 0.0 <= x < w_src - 1
             frac[u] = x - fx[u]
+    if simd != 0:
+        base, idx, wq, span = _sep_tables(first, wx)
+        if span <= _SEP_WINDOW:
+            wyq = _q14(wy)
+            # The line holds a window from every base and the vertical pass's 32-word steps.
+            size = max(base[:, 0].max() + _SEP_WINDOW, -(-(hi - lo) // 32) * 32)
+            for c in numba.prange(chunks):
+                _separable_rows_simd(
+                    simd, src, pitch, h_src, lo, hi, ay, base, idx, wq, fy, wyq, cy, alpha_rows,
+                    size, out, alpha, c * h_out // chunks, (c + 1) * h_out // chunks,
+                )  # fmt: skip
+            return
     runs = _runs(first, linear)
     for c in numba.prange(chunks):
         _separable_rows(
             src, pitch, first, wt, runs, frac, ax, fy, wy, cy, alpha_rows, lo, hi, out, alpha,
             c * h_out // chunks, (c + 1) * h_out // chunks,
         )  # fmt: skip
+
+
+@numba.njit(cache=True, nogil=True)
+def _q14(w: F32Array) -> npt.NDArray[np.int16]:
+    """Tap weights (rows of them summing to 1 or 0) in 1/16384, rounded, each row's sum kept
+    exact by its largest weight: a flat image stays flat, an identity stays a copy."""
+    q = np.empty(w.shape, np.int16)
+    for r in range(w.shape[0]):
+        total = 0.0
+        big = 0
+        got = 0
+        for k in range(w.shape[1]):
+            total += w[r, k]
+            q[r, k] = np.int16(math.floor(w[r, k] * 16384.0 + 0.5))
+            got += q[r, k]
+            if w[r, k] > w[r, big]:
+                big = k
+        q[r, big] += np.int16(math.floor(total * 16384.0 + 0.5) - got)
+    return q
+
+
+@numba.njit(cache=True, nogil=True)
+def _sep_tables(
+    first: U32Array, wx: F32Array
+) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int16], npt.NDArray[np.int16], int]:
+    """hs_separable_row's column tables: per run of SEP_LANES output columns the line index
+    its window starts at and whether its taps are consecutive (1, else 0), per column its first
+    tap's index in that window, and per run its weights tap by tap (1/16384). Last: the widest
+    window any run needs. A tap with no weight in any column is left out: at whole-pixel
+    positions (a flip about a pixel centre, an integer shift) one tap a column is left."""
+    lanes = _SEP_LANES
+    q = _q14(wx)
+    w_out, taps = q.shape
+    t0 = 0
+    t1 = taps
+    while t1 - t0 > 1 and not q[:, t0].any():
+        t0 += 1
+    while t1 - t0 > 1 and not q[:, t1 - 1].any():
+        t1 -= 1
+    taps = t1 - t0
+    runs = -(-w_out // lanes)
+    base = np.zeros((runs, 2), np.int32)
+    idx = np.zeros(runs * lanes, np.int16)
+    wq = np.zeros((runs, taps, lanes), np.int16)
+    span = 0
+    for c in range(runs):
+        u0 = c * lanes
+        u1 = min(u0 + lanes, w_out)
+        b = first[u0:u1].min()
+        base[c, 0] = b + t0
+        base[c, 1] = 1
+        span = max(span, first[u0:u1].max() - b + taps)
+        for u in range(u0, u1):
+            base[c, 1] &= first[u] - b == u - u0
+            # Beyond the window the run does not go to hs_separable_row at all.
+            idx[u] = min(first[u] - b, 32767)
+            for k in range(taps):
+                wq[c, k, u - u0] = q[u, t0 + k]
+    return base, idx, wq, span
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=False)
+def _separable_rows_simd(
+    simd: int,
+    src: U8Array,
+    pitch: int,
+    h_src: int,
+    lo: int,
+    hi: int,
+    ay: float,
+    base: npt.NDArray[np.int32],
+    idx: npt.NDArray[np.int16],
+    wq: npt.NDArray[np.int16],
+    fy: I64Array,
+    wyq: npt.NDArray[np.int16],
+    cy: I64Array,
+    alpha_rows: U8Array,
+    size: int,
+    out: U8Array,
+    alpha: U8Array,
+    v0: int,
+    v1: int,
+) -> None:
+    """Output rows [v0, v1) of _warp_separable through hs_separable_row."""
+    w_out = out.shape[1]
+    line = np.zeros(size, np.int16)
+    # Frames past the caches go out by non-temporal stores, through this row buffer.
+    stream = out.size >= _STREAM_BYTES
+    buf = np.zeros(w_out if stream else 0, np.uint8)
+    src_at = np.int64(src.ctypes.data) + lo
+    row_weights = np.int64(wyq.ctypes.data)
+    base_at = np.int64(base.ctypes.data)
+    idx_at = np.int64(idx.ctypes.data)
+    wq_at = np.int64(wq.ctypes.data)
+    taps = wyq.shape[1]
+    # Rows in the order that reads the source upwards in memory: hardware prefetch follows
+    # ascending addresses, a mirrored axis (a 180° turn) read downwards takes twice as long.
+    step = 1 if ay >= 0.0 else -1
+    # Source rows an output row has that the one before has not (prefetched during that one): as
+    # many as the step, at the bottom of its taps.
+    fresh = min(math.ceil(abs(ay)), taps)
+    for i in range(v0, v1):
+        v = i if step > 0 else v0 + v1 - 1 - i
+        o = out[v]
+        if cy[v] == 0:
+            o[:] = 0
+            alpha[v, :] = 0
+            continue
+        # Zero weights at either end (edge rows, or padding past the last row) are not read.
+        k0 = 0
+        k1 = taps
+        while wyq[v, k0] == 0:
+            k0 += 1
+        while wyq[v, k1 - 1] == 0:
+            k1 -= 1
+        pf0 = 0
+        pf1 = 0
+        if v0 <= v + step < v1:
+            pf0 = fy[v + step] + taps - fresh
+            pf1 = min(pf0 + fresh, h_src)
+        args = (
+            src_at + (fy[v] + k0) * pitch, np.int64(pitch), np.int64(k1 - k0),
+            row_weights + 2 * (v * taps + k0), np.int64(hi - lo), np.int64(line.ctypes.data),
+            src_at + pf0 * pitch, np.int64(max(pf1 - pf0, 0)), base_at, idx_at, wq_at,
+            np.int64(wq.shape[1]), np.int64(w_out), np.int64(o.ctypes.data),
+            np.int64(alpha[v].ctypes.data), np.int64(alpha_rows[cy[v]].ctypes.data),
+            np.int64(buf.ctypes.data if stream else 0),
+        )  # fmt: skip
+        _call_c(np.int64(simd), args)
 
 
 # Columns in a row whose first taps are consecutive before a run reads them as vectors.
