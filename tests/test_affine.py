@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import math
+import mmap
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -31,6 +35,27 @@ def _warp(src: np.ndarray, m: object, shape: tuple[int, int]) -> tuple[np.ndarra
 def _rotation(deg: float, scale: float, tx: float, ty: float) -> np.ndarray:
     c, s = math.cos(math.radians(deg)), math.sin(math.radians(deg))
     return np.array([[c * scale, -s * scale, tx], [s * scale, c * scale, ty]])
+
+
+@contextlib.contextmanager
+def _guarded(h: int, w: int, seed: int) -> Iterator[np.ndarray]:
+    """A random (h, w) image whose last byte is the last of a readable page, the next page
+    PROT_NONE: a kernel reading past the image faults (the test process dies)."""
+    page = mmap.PAGESIZE
+    size = h * w
+    pages = -(-size // page) + 1
+    buf = mmap.mmap(-1, pages * page, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    base = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+    libc = ctypes.CDLL(None, use_errno=True)
+    guard = ctypes.c_void_p(base + (pages - 1) * page)
+    src = np.frombuffer(buf, np.uint8, size, (pages - 1) * page - size).reshape(h, w)
+    src[:] = np.random.default_rng(seed).integers(0, 256, (h, w), dtype=np.uint8)
+    assert libc.mprotect(guard, ctypes.c_size_t(page), 0) == 0  # PROT_NONE
+    try:
+        yield src
+    finally:
+        # Readable again; the mapping goes with the last array viewing it.
+        libc.mprotect(guard, ctypes.c_size_t(page), 3)
 
 
 def test_identity_is_an_exact_copy_of_a_strided_view() -> None:
@@ -295,25 +320,9 @@ def test_simd_rows_equal_the_numba_path_on_a_real_image(
 
 
 def test_simd_rows_read_nothing_past_the_end_of_the_image() -> None:
-    # The source's last byte is the last of a readable page and the next page is PROT_NONE: a
-    # table load reaching past the image (rows near the bottom, or the last columns) faults.
-    import ctypes
-    import mmap
-
-    page = mmap.PAGESIZE
+    # A table load reaching past the image (rows near the bottom, or the last columns) faults.
     h, w = 120, 200
-    size = h * w
-    pages = -(-size // page) + 1
-    buf = mmap.mmap(-1, pages * page, prot=mmap.PROT_READ | mmap.PROT_WRITE)
-    base = ctypes.addressof(ctypes.c_char.from_buffer(buf))
-    libc = ctypes.CDLL(None, use_errno=True)
-    guard = base + (pages - 1) * page
-    start = (pages - 1) * page - size
-    src = np.frombuffer(buf, np.uint8, size, start).reshape(h, w)
-    src[:] = np.random.default_rng(7).integers(0, 256, (h, w), dtype=np.uint8)
-    assert libc.mprotect(ctypes.c_void_p(guard), ctypes.c_size_t(page), 1) == 0  # PROT_READ
-    assert libc.mprotect(ctypes.c_void_p(guard), ctypes.c_size_t(page), 0) == 0  # PROT_NONE
-    try:
+    with _guarded(h, w, 7) as src:
         for deg in (8.0, -8.0, 172.0):
             m = _rotation(deg, 1.0, 0.0, 0.0)
             m[0, 2] = (w - 1) / 2 - (m[0, 0] * (w - 1) / 2 + m[0, 1] * (h - 1) / 2)
@@ -322,10 +331,6 @@ def test_simd_rows_read_nothing_past_the_end_of_the_image() -> None:
             ref, ref_alpha = _general(src, m, (h, w), 0)
             assert np.array_equal(fast_alpha, ref_alpha)
             assert np.abs(fast.astype(int) - ref).max() <= 1
-    finally:
-        libc.mprotect(ctypes.c_void_p(guard), ctypes.c_size_t(page), 3)
-        del src
-        buf.close()
 
 
 def _separable(src: np.ndarray, m: list[list[float]], shape: tuple[int, int], fn: int) -> tuple:
@@ -404,25 +409,10 @@ def test_simd_separable_rows_keep_a_flat_image_flat(n: int) -> None:
 
 
 def test_simd_separable_rows_read_nothing_past_the_end_of_the_image() -> None:
-    # The source's last byte is the last of a readable page and the next page is PROT_NONE: a
-    # row load reaching past the image (the last rows or columns) faults.
-    import ctypes
-    import mmap
-
+    # A row load reaching past the image (the last rows or columns) faults.
     fn = _separable_or_skip()
-    page = mmap.PAGESIZE
     h, w = 120, 203
-    size = h * w
-    pages = -(-size // page) + 1
-    buf = mmap.mmap(-1, pages * page, prot=mmap.PROT_READ | mmap.PROT_WRITE)
-    base = ctypes.addressof(ctypes.c_char.from_buffer(buf))
-    libc = ctypes.CDLL(None, use_errno=True)
-    guard = base + (pages - 1) * page
-    start = (pages - 1) * page - size
-    src = np.frombuffer(buf, np.uint8, size, start).reshape(h, w)
-    src[:] = np.random.default_rng(9).integers(0, 256, (h, w), dtype=np.uint8)
-    assert libc.mprotect(ctypes.c_void_p(guard), ctypes.c_size_t(page), 0) == 0  # PROT_NONE
-    try:
+    with _guarded(h, w, 9) as src:
         for m in (
             [[1.0, 0.0, 0.4], [0.0, 1.0, 0.3]],
             [[1.9, 0.0, 10.2], [0.0, 1.9, 20.7]],
@@ -433,7 +423,37 @@ def test_simd_separable_rows_read_nothing_past_the_end_of_the_image() -> None:
             ref, ref_alpha = _separable(src, m, (h, w), 0)
             assert np.array_equal(fast_alpha, ref_alpha)
             assert np.abs(fast.astype(int) - ref).max() <= 1
-    finally:
-        libc.mprotect(ctypes.c_void_p(guard), ctypes.c_size_t(page), 3)
-        del src
-        buf.close()
+
+
+def test_simd_paths_equal_the_numba_paths_on_random_warps(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Many small random cases through warp_affine with the C kernels and without: any shape from
+    # 1 px, any angle (axis-aligned, mirrored, small and large rotations), shrinking and
+    # enlarging, sources that end at a PROT_NONE page. Same alpha, within one grey level.
+    from heliostat.imaging import affine
+
+    if not (affine._BILINEAR_ROW or affine._SEPARABLE_ROW):
+        pytest.skip("this CPU has no AVX-512")
+    rng = np.random.default_rng(11)
+    kernels = (affine._BILINEAR_ROW, affine._SEPARABLE_ROW)
+    for case in range(150):
+        h, w = (int(x) for x in rng.integers(1, 70, 2))
+        ho, wo = (int(x) for x in rng.integers(1, 80, 2))
+        deg = float(rng.choice([0.0, 180.0, 90.0, rng.uniform(-25, 25), rng.uniform(-180, 180)]))
+        scale = float(rng.uniform(0.4, 2.6))
+        m = _rotation(deg, scale, 0.0, 0.0)
+        if rng.random() < 0.2:
+            m[:, 0] = -m[:, 0]  # one mirrored axis
+        # Output centre onto a random point near the source, so edges and interiors both occur.
+        cx, cy = rng.uniform(-0.2, 1.2) * w, rng.uniform(-0.2, 1.2) * h
+        m[0, 2] = cx - (m[0, 0] * (wo - 1) / 2 + m[0, 1] * (ho - 1) / 2)
+        m[1, 2] = cy - (m[1, 0] * (wo - 1) / 2 + m[1, 1] * (ho - 1) / 2)
+        with _guarded(h, w, case) as src:
+            results = []
+            for bilinear, separable in (kernels, (0, 0)):
+                monkeypatch.setattr(affine, "_BILINEAR_ROW", bilinear)
+                monkeypatch.setattr(affine, "_SEPARABLE_ROW", separable)
+                results.append(_warp(src, m, (ho, wo)))
+        (fast, fast_alpha), (ref, ref_alpha) = results
+        where = f"case {case}: {h}x{w} -> {ho}x{wo}, {deg:.1f}°, scale {scale:.2f}"
+        assert np.array_equal(fast_alpha, ref_alpha), where
+        assert np.abs(fast.astype(int) - ref).max() <= 1, where
