@@ -80,42 +80,25 @@ def _warp_case(report: Report, aia: np.ndarray, name: str, m: np.ndarray, size: 
                single=single)  # fmt: skip
 
 
-def _simd_case(report: Report, aia: np.ndarray, m: np.ndarray) -> None:
-    """The rotated warp with the SIMD row kernel (where this CPU has it) beside the Numba path."""
-    out = np.empty_like(aia)
-    alpha = np.empty_like(aia)
-    simd = affine._BILINEAR_ROW
-    if not simd:
-        print("this CPU has no AVX-512 VBMI: the Numba path is the only one", file=sys.stderr)
-        return
-    ours = percentiles(repeat(lambda: warp_affine(aia, m, out, alpha), 7))
-    affine._BILINEAR_ROW = 0
-    try:
-        numba_path = percentiles(repeat(lambda: warp_affine(aia, m, out, alpha), 7))
-    finally:
-        affine._BILINEAR_ROW = simd
-    report.add("affine 4096² rotate 10°, SIMD rows vs Numba path (p50)", ours["p50_ms"], "ms",
-               baseline_name="the Numba fixed-point path", baseline_value=numba_path["p50_ms"],
-               ours=ours, numba=numba_path)  # fmt: skip
-
-
-def _separable_simd_case(report: Report, aia: np.ndarray, m: np.ndarray, size: int) -> None:
-    """An unrotated warp through the C rows (where this CPU has AVX-512 BW) beside the float32
-    Numba passes."""
+def _simd_case(
+    report: Report, aia: np.ndarray, name: str, m: np.ndarray, size: int, kernel: str, numba: str
+) -> None:
+    """A warp through a C row kernel (affine's global ``kernel``: its address where this CPU has
+    the instructions) beside the same warp with that kernel off: the Numba path ``numba``."""
     out = np.empty((size, size), np.uint8)
     alpha = np.empty_like(out)
-    simd = affine._SEPARABLE_ROW
+    simd = getattr(affine, kernel)
     if not simd:
-        print("this CPU has no AVX-512 BW: the Numba passes are the only path", file=sys.stderr)
+        print(f"{kernel}: not on this CPU, the Numba path is the only one", file=sys.stderr)
         return
     ours = percentiles(repeat(lambda: warp_affine(aia, m, out, alpha), 7))
-    affine._SEPARABLE_ROW = 0
+    setattr(affine, kernel, 0)
     try:
         numba_path = percentiles(repeat(lambda: warp_affine(aia, m, out, alpha), 7))
     finally:
-        affine._SEPARABLE_ROW = simd
-    report.add(f"affine 4096² → {size}² unrotated, SIMD rows vs Numba path (p50)", ours["p50_ms"],
-               "ms", baseline_name="the Numba float32 passes", baseline_value=numba_path["p50_ms"],
+        setattr(affine, kernel, simd)
+    report.add(f"affine {name}, SIMD rows vs Numba path (p50)", ours["p50_ms"], "ms",
+               baseline_name=numba, baseline_value=numba_path["p50_ms"],
                ours=ours, numba=numba_path)  # fmt: skip
 
 
@@ -131,11 +114,13 @@ def kernel_figures(report: Report, aia: np.ndarray) -> None:
     # The AIA layer of a default screenshot: 1.0088 reduced pixels per output pixel.
     aia_layer = np.array([[1.0088, 0.0, 1.7], [0.0, 1.0088, -2.2]])
     _warp_case(report, aia, "4096² → 4060² scale 1.0088, 2×2 supersampled", aia_layer, 4060)
-    _separable_simd_case(report, aia, aia_layer, 4060)
+    _simd_case(report, aia, "4096² → 4060² unrotated", aia_layer, 4060, "_SEPARABLE_ROW",
+               "the Numba float32 passes")  # fmt: skip
     # HMI-style CROTA 180°: cos and sin leave 1e-16 off the diagonal; a mirror of both axes.
     _warp_case(report, aia, "4096² rotate 180°", _rotation(180.0, 1.0, n), n)
     _warp_case(report, aia, "4096² rotate 10°", _rotation(10.0, 1.0, n), n)
-    _simd_case(report, aia, _rotation(10.0, 1.0, n))
+    _simd_case(report, aia, "4096² rotate 10°", _rotation(10.0, 1.0, n), n, "_BILINEAR_ROW",
+               "the Numba fixed-point path")  # fmt: skip
     _warp_case(report, aia, "4096² → 2048² rotate 10°, 2×2 supersampled",
                _rotation(10.0, 1.9, n), n // 2)  # fmt: skip
 
