@@ -157,15 +157,12 @@ def warp_affine(src: U8Array, m: F64Array, out: U8Array, alpha: U8Array) -> None
         _warp_general(src, flat, pitch, m, n, out, alpha, chunks, _simd_row(m, n))
 
 
-# hs_bilinear_row (ext/bilinear_row.h) where the CPU has AVX-512 VBMI; HELIOSTAT_SIMD=0 turns
-# it off (the tests compare both paths).
-_BILINEAR_ROW = _simd.bilinear_row_address() if os.environ.get("HELIOSTAT_SIMD", "1") != "0" else 0
-
-
-# hs_separable_row (ext/separable_row.h) where the CPU has AVX-512 BW, under the same switch.
-_SEPARABLE_ROW = (
-    _simd.separable_row_address() if os.environ.get("HELIOSTAT_SIMD", "1") != "0" else 0
-)
+# The C row kernels, where the CPU has their instructions: hs_bilinear_row (ext/bilinear_row.h,
+# AVX-512 VBMI) and hs_separable_row (ext/separable_row.h, AVX-512 BW). HELIOSTAT_SIMD=0 turns
+# both off (the tests compare both paths).
+_SIMD_ON = os.environ.get("HELIOSTAT_SIMD", "1") != "0"
+_BILINEAR_ROW = _simd.bilinear_row_address() if _SIMD_ON else 0
+_SEPARABLE_ROW = _simd.separable_row_address() if _SIMD_ON else 0
 
 
 # Its output columns a step, and the line window their taps must fit in.
@@ -187,30 +184,6 @@ def _simd_row(m: F64Array, n: int) -> int:
     samples a pixel), else 0."""
     fits = abs(m[0, 0]) / n <= _simd.MAX_STEP and abs(m[1, 0]) / n <= _SIMD_MAX_DROP
     return _BILINEAR_ROW if fits else 0
-
-
-def _call_row_typer(typingctx, fn, flat, pitch, px, py, ax, ay, n, out, start):  # type: ignore[no-untyped-def]
-    """hs_bilinear_row(flat, flat.size, pitch, px, py, ax, ay, n, &out[start]) through the
-    address ``fn``: numba calls C by address only through ctypes, which it will not cache."""
-    sig = nb_types.void(fn, flat, pitch, px, py, ax, ay, n, out, start)
-
-    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
-        fn_, flat_, pitch_, px_, py_, ax_, ay_, n_, out_, start_ = args
-        i64 = llvm_ir.IntType(64)
-        byte_ptr = llvm_ir.IntType(8).as_pointer()
-        fnty = llvm_ir.FunctionType(llvm_ir.VoidType(), [byte_ptr, *[i64] * 7, byte_ptr])
-        src = context.make_array(signature.args[1])(context, builder, flat_)
-        dst = context.make_array(signature.args[8])(context, builder, out_)
-        (size,) = cgutils.unpack_tuple(builder, src.shape, 1)  # type: ignore[no-untyped-call]
-        dst_ptr = builder.gep(builder.bitcast(dst.data, byte_ptr), [start_])
-        call_args = [builder.bitcast(src.data, byte_ptr), size, pitch_, px_, py_, ax_, ay_, n_]
-        builder.call(builder.inttoptr(fn_, fnty.as_pointer()), [*call_args, dst_ptr])
-        return context.get_dummy_value()
-
-    return sig, codegen
-
-
-_call_row: Any = intrinsic(_call_row_typer)
 
 
 def _call_c_typer(typingctx, fn, args):  # type: ignore[no-untyped-def]
@@ -874,20 +847,23 @@ def _simd_interior(
     32 crosses are fewer by side than sampling each offset across the row in turn."""
     count = fix_x.size
     if count == 1:
-        _call_row(
-            np.int64(simd), flat, np.int64(pitch), np.int64(px + fix_x[0]),
-            np.int64(py + fix_y[0]), np.int64(ax), np.int64(ay), np.int64(n), o, np.int64(u0),
+        args = (
+            np.int64(flat.ctypes.data), np.int64(flat.size), np.int64(pitch),
+            np.int64(px + fix_x[0]), np.int64(py + fix_y[0]), np.int64(ax), np.int64(ay),
+            np.int64(n), np.int64(o.ctypes.data + u0),
         )  # fmt: skip
+        _call_c(np.int64(simd), args)
         return
     side = np.int64(round(math.sqrt(count)))
     sx = (ax + side // 2) // side
     sy = (ay + side // 2) // side
     for i in range(side):
-        _call_row(
-            np.int64(simd), flat, np.int64(pitch), np.int64(px + fix_x[i * side]),
-            np.int64(py + fix_y[i * side]), np.int64(sx), np.int64(sy), np.int64(n * side),
-            sample, np.int64(0),
+        args = (
+            np.int64(flat.ctypes.data), np.int64(flat.size), np.int64(pitch),
+            np.int64(px + fix_x[i * side]), np.int64(py + fix_y[i * side]), np.int64(sx),
+            np.int64(sy), np.int64(n * side), np.int64(sample.ctypes.data),
         )  # fmt: skip
+        _call_c(np.int64(simd), args)
         for u in range(_I(n)):
             total = np.int64(0)
             for j in range(_I(side)):
