@@ -67,6 +67,25 @@ def event(name: str) -> GranuleEvent:
     return GranuleEvent("MODIS.6", "insert", name, 0, 0, Box(0, 0, 1, 1))
 
 
+def published(path: Path, names: list[str]) -> SubscriptionService:
+    """A service at path with alice's data-pool subscription on MODIS.6 and an insert event
+    published for each name (500 per call): one recorded action each, for the drivers."""
+    svc = SubscriptionService(path)
+    try:
+        svc.create_collection(OP, Collection("MODIS", "6", "geographic"))
+        svc.create(
+            Principal("alice"),
+            Subscription(0, "", "MODIS.6", frozenset({"insert"}),
+                         actions=(Action("datapool", (("pool", "pool"),)),)),
+        )  # fmt: skip
+        for i in range(0, len(names), 500):
+            svc.publish(OP, [event(x) for x in names[i : i + 500]])
+    except BaseException:
+        svc.close()
+        raise
+    return svc
+
+
 async def drain(d: Drivers, svc: SubscriptionService, n: int) -> float:
     """Start the drivers and time until n actions are delivered."""
     t0 = time.perf_counter()
@@ -130,16 +149,8 @@ def main() -> None:
             files.place(archive / name, folder, a, sidecar=True)
         placed = n / (time.perf_counter() - t0)
 
-        svc = SubscriptionService(base / "subs")
+        svc = published(base / "subs", names[:n])
         try:
-            svc.create_collection(OP, Collection("MODIS", "6", "geographic"))
-            svc.create(
-                Principal("alice"),
-                Subscription(0, "", "MODIS.6", frozenset({"insert"}),
-                             actions=(Action("datapool", (("pool", "pool"),)),)),
-            )  # fmt: skip
-            for i in range(0, n, 500):
-                svc.publish(OP, [event(x) for x in names[i : min(i + 500, n)]])
             settings = DriverSettings(action_workers=args.workers, batch=args.batch, poll_s=0.01)
             channel = DataPoolChannel(archive, base / "pool")
             took = asyncio.run(drain(Drivers(svc, [channel], settings), svc, n))

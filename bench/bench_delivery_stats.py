@@ -19,12 +19,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_delivery import OP, Accept, drain, event
+from bench_delivery import Accept, drain, published
 from harness import Report, percentiles, repeat
 
-from heliostat.subscriptions.auth import Principal
 from heliostat.subscriptions.drivers import Drivers, DriverSettings
-from heliostat.subscriptions.model import Action, Collection, Subscription
 from heliostat.subscriptions.service import SubscriptionService
 from heliostat.subscriptions.stats import PipelineStats
 
@@ -34,16 +32,8 @@ NEVER = 1e9  # the counts stay in the process for the whole run
 def ceiling(base: Path, n: int, interval_s: float) -> float:
     """Actions/s through the drivers to a receiver that accepts at once."""
     with tempfile.TemporaryDirectory(dir=base) as tmp:
-        svc = SubscriptionService(Path(tmp))
+        svc = published(Path(tmp), [f"x{k}" for k in range(n)])
         try:
-            svc.create_collection(OP, Collection("MODIS", "6", "geographic"))
-            svc.create(
-                Principal("alice"),
-                Subscription(0, "", "MODIS.6", frozenset({"insert"}),
-                             actions=(Action("datapool", (("pool", "pool"),)),)),
-            )  # fmt: skip
-            for i in range(0, n, 500):
-                svc.publish(OP, [event(f"x{k}") for k in range(i, i + 500)])
             settings = DriverSettings(poll_s=0.01, stats_interval_s=interval_s)
             return n / asyncio.run(drain(Drivers(svc, [Accept()], settings), svc, n))
         finally:
