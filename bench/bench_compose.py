@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from conftest import AIA_171, DATA, LASCO_C3  # noqa: E402
 
-from bench.harness import Report, percentiles, repeat  # noqa: E402
+from bench.harness import Report, alternate, percentiles, repeat  # noqa: E402
 from heliostat.archive.header import read_record  # noqa: E402
 from heliostat.imaging import affine, colortables, encode, kernels  # noqa: E402
 from heliostat.imaging._openjpeg import J2KDecoder  # noqa: E402
@@ -52,8 +52,9 @@ def _warp_case(report: Report, aia: np.ndarray, name: str, m: np.ndarray, size: 
     out = np.empty((size, size), np.uint8)
     alpha = np.empty_like(out)
     src_copy = np.empty_like(aia)
-    ours = percentiles(repeat(lambda: warp_affine(aia, m, out, alpha), 7))
-    copy = percentiles(repeat(lambda: np.copyto(src_copy, aia), 7))
+    ours_s, copy_s = alternate([lambda: warp_affine(aia, m, out, alpha),
+                                lambda: np.copyto(src_copy, aia)], 15)  # fmt: skip
+    ours, copy = percentiles(ours_s), percentiles(copy_s)
     # scipy maps (row, col) output indices to (row, col) input coordinates: swap the axes.
     matrix = np.array([[m[1, 1], m[1, 0]], [m[0, 1], m[0, 0]]])
     offset = (m[1, 2], m[0, 2])
@@ -128,8 +129,10 @@ def kernel_figures(report: Report, aia: np.ndarray) -> None:
     layer = kernels.apply_lut_rgba(aia, lut)
     canvas0 = kernels.apply_lut_rgba(aia[::-1], lut)
     canvas = canvas0.copy()
-    ours = percentiles(repeat(lambda: blend_over(layer, 70, canvas), 5))
-    copy = percentiles(repeat(lambda: np.copyto(canvas, layer), 5))
+    canvas_copy = np.empty_like(canvas)
+    ours_s, copy_s = alternate([lambda: blend_over(layer, 70, canvas),
+                                lambda: np.copyto(canvas_copy, layer)], 9)  # fmt: skip
+    ours, copy = percentiles(ours_s), percentiles(copy_s)
     a = layer.astype(np.float32)
     b = canvas0.astype(np.float32)
     fl = percentiles(

@@ -77,6 +77,9 @@ HS_VBMI static void hs_bilinear_row(const uint8_t *src, int64_t size, int64_t pi
     const __m512i low8 = _mm512_set1_epi16(255);
     const __m256i one = _mm256_set1_epi8(1);
     const __m512i half = _mm512_set1_epi16(32);
+    /* Every run loops over as many rows as the most any crosses: a trip count that changes
+     * from run to run mispredicts the loop's exit, and the flush serialises the runs. */
+    const int rows = (int)(((31 * (ay < 0 ? -ay : ay)) >> 32) + 3);
     for (int64_t u = 0; u < n; u += 32) {
         const int count = n - u < 32 ? (int)(n - u) : 32;
         const int64_t sx = px + u * ax, sy = py + u * ay;
@@ -85,7 +88,6 @@ HS_VBMI static void hs_bilinear_row(const uint8_t *src, int64_t size, int64_t pi
         const int64_t y8_last = (sy + (count - 1) * ay) >> 24;
         const int64_t xb = (x8 < x8_last ? x8 : x8_last) >> 8;
         const int64_t yb = (y8 < y8_last ? y8 : y8_last) >> 8;
-        const int rows = (int)(((y8 > y8_last ? y8 : y8_last) >> 8) - yb) + 2;
         const __m512i X = hs_positions(kxh, kxl, x8 - xb * 256, (uint32_t)(sx & 0xFFFFFF));
         const __m512i Y = hs_positions(kyh, kyl, y8 - yb * 256, (uint32_t)(sy & 0xFFFFFF));
         const __m256i dx = _mm512_cvtepi16_epi8(_mm512_srli_epi16(X, 8));
@@ -93,17 +95,25 @@ HS_VBMI static void hs_bilinear_row(const uint8_t *src, int64_t size, int64_t pi
         const __m256i dx1 = _mm256_add_epi8(dx, one);
         const uint8_t *rp = src + yb * pitch + xb;
         __m256i tl = _mm256_setzero_si256(), tr = tl, bl = tl, br = tl;
-        __mmask32 above = 0;
+        /* Row r's neighbours go to the lanes whose top row it is (dy == r) and to those whose
+         * bottom row it is (dy + 1 == r). */
+        const __m256i dy1 = _mm256_add_epi8(dy, one);
+        __m256i rv = _mm256_setzero_si256();
+        /* Tables inside the image (all but the last rows' runs) need no test a row. */
+        const int inside = rp + (rows - 1) * pitch + 64 <= end;
         for (int r = 0; r < rows; r++, rp += pitch) {
-            const __m256i t0 = hs_load32(rp, end), t1 = hs_load32(rp + 32, end);
+            const __m256i t0 = inside ? _mm256_loadu_si256((const __m256i *)rp) : hs_load32(rp, end);
+            const __m256i t1 =
+                inside ? _mm256_loadu_si256((const __m256i *)(rp + 32)) : hs_load32(rp + 32, end);
             const __m256i left = _mm256_permutex2var_epi8(t0, dx, t1);
             const __m256i right = _mm256_permutex2var_epi8(t0, dx1, t1);
-            const __mmask32 here = _mm256_cmpeq_epi8_mask(dy, _mm256_set1_epi8((char)r));
-            tl = _mm256_mask_mov_epi8(tl, here, left);
-            tr = _mm256_mask_mov_epi8(tr, here, right);
-            bl = _mm256_mask_mov_epi8(bl, above, left);
-            br = _mm256_mask_mov_epi8(br, above, right);
-            above = here;
+            const __mmask32 top = _mm256_cmpeq_epi8_mask(dy, rv);
+            const __mmask32 bottom = _mm256_cmpeq_epi8_mask(dy1, rv);
+            rv = _mm256_add_epi8(rv, one);
+            tl = _mm256_mask_mov_epi8(tl, top, left);
+            tr = _mm256_mask_mov_epi8(tr, top, right);
+            bl = _mm256_mask_mov_epi8(bl, bottom, left);
+            br = _mm256_mask_mov_epi8(br, bottom, right);
         }
         const __m512i fx = _mm512_slli_epi16(_mm512_and_si512(X, low8), 7);
         const __m512i fy = _mm512_slli_epi16(_mm512_and_si512(Y, low8), 7);
