@@ -40,11 +40,12 @@ from heliostat.screenshots.service import encode_rgba  # noqa: E402
 SWAP = sorted(DATA.glob("*PROBA2_SWAP_SWAP_174.jp2"))
 
 
-def _rotation(deg: float, scale: float, n: int) -> np.ndarray:
-    """Rotate by deg and scale about the image centre."""
+def _rotation(deg: float, scale: float, n: int, n_out: int | None = None) -> np.ndarray:
+    """Rotate by deg and scale, the centre of an n_out² output (default n) on the centre of the
+    n² source."""
     c, s = math.cos(math.radians(deg)) * scale, math.sin(math.radians(deg)) * scale
-    mid = (n - 1) / 2
-    return np.array([[c, -s, mid - c * mid + s * mid], [s, c, mid - s * mid - c * mid]])
+    mid, out = (n - 1) / 2, ((n if n_out is None else n_out) - 1) / 2
+    return np.array([[c, -s, mid - c * out + s * out], [s, c, mid - s * out - c * out]])
 
 
 def _warp_case(report: Report, aia: np.ndarray, name: str, m: np.ndarray, size: int) -> None:
@@ -123,7 +124,7 @@ def kernel_figures(report: Report, aia: np.ndarray) -> None:
     _simd_case(report, aia, "4096² rotate 10°", _rotation(10.0, 1.0, n), n, "_BILINEAR_ROW",
                "the Numba fixed-point path")  # fmt: skip
     _warp_case(report, aia, "4096² → 2048² rotate 10°, 2×2 supersampled",
-               _rotation(10.0, 1.9, n), n // 2)  # fmt: skip
+               _rotation(10.0, 1.9, n, n // 2), n // 2)  # fmt: skip
 
     lut = colortables.rgba("sdoaia171")
     layer = kernels.apply_lut_rgba(aia, lut)
