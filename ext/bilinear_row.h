@@ -131,11 +131,55 @@ HS_VBMI static void hs_bilinear_row(const uint8_t *src, int64_t size, int64_t pi
             _mm256_mask_storeu_epi8(out + u, (__mmask32)((1ULL << count) - 1), bytes);
     }
 }
+
+/* sums[i] (+)= buf[i·side] + ... + buf[i·side + side - 1], i < n; set if first. A constant side
+ * per instance, so the compiler vectorises the loop. */
+HS_VBMI static inline __attribute__((always_inline)) void hs_group_sums(
+    const uint8_t *buf, int64_t n, int side, int first, uint16_t *sums) {
+    for (int64_t i = 0; i < n; i++) {
+        uint16_t s = first ? 0 : sums[i];
+        for (int k = 0; k < side; k++) s += buf[i * side + k];
+        sums[i] = s;
+    }
+}
+
+/* out[i], i < n: the rounded mean of side × side bilinear samples a pixel, side 2 to 16, (ax, ay)
+ * apart in 32.32 (the pixel step / side). Pixel i's sub-row j is side samples from
+ * (px + ox[j·side], py + oy[j·side]) + i·side·(ax, ay): each sub-row of all n pixels is one run
+ * of n·side samples through hs_bilinear_row into buf (n·side bytes), added up per pixel in sums
+ * (n words). Samples are whole grey levels before the mean, as on the Numba path. */
+HS_VBMI static void hs_bilinear_mean_row(const uint8_t *src, int64_t size, int64_t pitch,
+                                         int64_t px, int64_t py, int64_t ax, int64_t ay,
+                                         int64_t n, int64_t side, const int64_t *ox,
+                                         const int64_t *oy, uint8_t *buf, uint16_t *sums,
+                                         uint8_t *out) {
+    for (int64_t j = 0; j < side; j++) {
+        hs_bilinear_row(src, size, pitch, px + ox[j * side], py + oy[j * side], ax, ay, n * side,
+                        buf);
+        switch (side) {
+        case 2: hs_group_sums(buf, n, 2, j == 0, sums); break;
+        case 3: hs_group_sums(buf, n, 3, j == 0, sums); break;
+        case 4: hs_group_sums(buf, n, 4, j == 0, sums); break;
+        default: hs_group_sums(buf, n, (int)side, j == 0, sums);
+        }
+    }
+    /* (sum + count/2) / count by a multiply, exact for sums below 2^16. */
+    const uint64_t count = (uint64_t)(side * side), half = count / 2;
+    const uint64_t magic = ((uint64_t)1 << 32) / count + 1;
+    for (int64_t i = 0; i < n; i++) out[i] = (uint8_t)(((sums[i] + half) * magic) >> 32);
+}
 #else
 static void hs_bilinear_row(const uint8_t *src, int64_t size, int64_t pitch, int64_t px,
                             int64_t py, int64_t ax, int64_t ay, int64_t n, uint8_t *out) {
     (void)src, (void)size, (void)pitch, (void)px, (void)py, (void)ax, (void)ay, (void)n,
         (void)out;
+}
+static void hs_bilinear_mean_row(const uint8_t *src, int64_t size, int64_t pitch, int64_t px,
+                                 int64_t py, int64_t ax, int64_t ay, int64_t n, int64_t side,
+                                 const int64_t *ox, const int64_t *oy, uint8_t *buf,
+                                 uint16_t *sums, uint8_t *out) {
+    (void)src, (void)size, (void)pitch, (void)px, (void)py, (void)ax, (void)ay, (void)n,
+        (void)side, (void)ox, (void)oy, (void)buf, (void)sums, (void)out;
 }
 #endif
 

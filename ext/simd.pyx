@@ -3,17 +3,20 @@
 
 Numba cannot express a byte permute; these few functions are C with intrinsics, compiled for
 their instruction set whatever the build's flags, and offered only when the CPU running them
-has it: ``bilinear_row_address()`` and ``separable_row_address()`` are 0 otherwise and the
-caller keeps its own path.
+has it: the ``*_address()`` functions return 0 otherwise and the caller keeps its own path.
 """
 
-from libc.stdint cimport int16_t, int32_t, int64_t, uint8_t, uintptr_t
+from libc.stdint cimport int16_t, int32_t, int64_t, uint8_t, uint16_t, uintptr_t
 
 
 cdef extern from "bilinear_row.h" nogil:
     int hs_bilinear_row_supported()
     void hs_bilinear_row(const uint8_t *src, int64_t size, int64_t pitch, int64_t px,
                          int64_t py, int64_t ax, int64_t ay, int64_t n, uint8_t *out)
+    void hs_bilinear_mean_row(const uint8_t *src, int64_t size, int64_t pitch, int64_t px,
+                              int64_t py, int64_t ax, int64_t ay, int64_t n, int64_t side,
+                              const int64_t *ox, const int64_t *oy, uint8_t *buf,
+                              uint16_t *sums, uint8_t *out)
     double HS_MAX_STEP
 
 
@@ -33,6 +36,14 @@ def bilinear_row_address() -> int:
     if not hs_bilinear_row_supported():
         return 0
     return <uintptr_t>&hs_bilinear_row
+
+
+def bilinear_mean_row_address() -> int:
+    """Address of ``hs_bilinear_mean_row`` (ext/bilinear_row.h), where ``bilinear_row_address``
+    is not 0, else 0."""
+    if not hs_bilinear_row_supported():
+        return 0
+    return <uintptr_t>&hs_bilinear_mean_row
 
 
 MAX_STEP: float = HS_MAX_STEP

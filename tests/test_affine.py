@@ -222,7 +222,7 @@ def test_unrotated_matrix_takes_the_separable_path_with_the_same_result(m: objec
     tilted = mat.copy()
     tilted[0, 1] = 1e-300
     flat, pitch = _rows(src)
-    _warp_general(src, flat, pitch, tilted, n, ref, ref_alpha, 2, 0)
+    _warp_general(src, flat, pitch, tilted, n, ref, ref_alpha, 2, 0, 0)
     assert np.array_equal(alpha, ref_alpha)
     assert (alpha == 255).sum() > 1000
     assert np.abs(out.astype(int) - ref).max() <= 1
@@ -252,16 +252,16 @@ def test_warp_is_the_same_on_one_thread_or_many(simd: bool) -> None:
 
     src = np.random.default_rng(5).integers(0, 256, (300, 300), dtype=np.uint8)
     m = _rotation(10.0, 1.2, 30.0, -20.0)
-    fn = _simd_row(m, 2) if simd else 0
+    fns = _simd_row(m, 2) if simd else (0, 0)
     sep = _SEPARABLE_ROW if simd else 0
-    if simd and not (fn and sep):
+    if simd and not (fns[0] and sep):
         pytest.skip("this CPU has no AVX-512 VBMI")
     outs = []
     for chunks in (1, 3):
         out = np.empty((256, 256), np.uint8)
         alpha = np.empty_like(out)
         flat, pitch = _rows(src)
-        _warp_general(src, flat, pitch, m, 2, out, alpha, chunks, fn)
+        _warp_general(src, flat, pitch, m, 2, out, alpha, chunks, *fns)
         outs.append((out, alpha))
         out = np.empty((256, 256), np.uint8)
         alpha = np.empty_like(out)
@@ -271,13 +271,13 @@ def test_warp_is_the_same_on_one_thread_or_many(simd: bool) -> None:
         assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
 
 
-def _general(src: np.ndarray, m: np.ndarray, shape: tuple[int, int], fn: int) -> tuple:
+def _general(src: np.ndarray, m: np.ndarray, shape: tuple[int, int], fns: tuple[int, int]) -> tuple:
     from heliostat.imaging.affine import _rows, _warp_general
 
     out = np.empty(shape, np.uint8)
     alpha = np.empty(shape, np.uint8)
     flat, pitch = _rows(src)
-    _warp_general(src, flat, pitch, m, _side(m), out, alpha, 2, fn)
+    _warp_general(src, flat, pitch, m, _side(m), out, alpha, 2, *fns)
     return out, alpha
 
 
@@ -285,7 +285,7 @@ def _side(m: np.ndarray) -> int:
     return max(1, math.ceil(max(math.hypot(m[0, 0], m[1, 0]), math.hypot(m[0, 1], m[1, 1])) - 1e-6))
 
 
-def _simd_or_skip(m: np.ndarray) -> int:
+def _simd_or_skip(m: np.ndarray) -> tuple[int, int]:
     from heliostat.imaging.affine import _BILINEAR_ROW, _simd_row
 
     if not _BILINEAR_ROW:
@@ -295,7 +295,10 @@ def _simd_or_skip(m: np.ndarray) -> int:
 
 @pytest.mark.parametrize(
     ("deg", "scale"),
-    [(10.0, 1.0), (-7.4, 1.0), (-7.4, 0.45), (170.0, 1.0), (3.0, 1.9), (-12.0, 1.3), (20.0, 2.6)],
+    [
+        *[(10.0, 1.0), (-7.4, 1.0), (-7.4, 0.45), (170.0, 1.0), (3.0, 1.9), (-12.0, 1.3)],
+        *[(20.0, 2.6), (5.0, 3.5), (-4.0, 4.6)],  # 3 × 3 to 5 × 5 samples a pixel
+    ],
 )
 def test_simd_rows_equal_the_numba_path_on_a_real_image(
     aia_image: np.ndarray, deg: float, scale: float
@@ -308,10 +311,10 @@ def test_simd_rows_equal_the_numba_path_on_a_real_image(
     m = _rotation(deg, scale, 0.0, 0.0)
     m[0, 2] = (w - 1) / 2 - (m[0, 0] * (shape[1] - 1) / 2 + m[0, 1] * (shape[0] - 1) / 2)
     m[1, 2] = (h - 1) / 2 - (m[1, 0] * (shape[1] - 1) / 2 + m[1, 1] * (shape[0] - 1) / 2)
-    fn = _simd_or_skip(m)
-    assert fn, "the SIMD kernel serves this matrix"
-    fast, fast_alpha = _general(src, m, shape, fn)
-    ref, ref_alpha = _general(src, m, shape, 0)
+    fns = _simd_or_skip(m)
+    assert all(fns), "the SIMD kernels serve this matrix"
+    fast, fast_alpha = _general(src, m, shape, fns)
+    ref, ref_alpha = _general(src, m, shape, (0, 0))
     assert np.array_equal(fast_alpha, ref_alpha)
     assert (fast_alpha == 255).sum() > shape[0] * shape[1] // 2
     diff = np.abs(fast.astype(int) - ref)
@@ -328,7 +331,7 @@ def test_simd_rows_read_nothing_past_the_end_of_the_image() -> None:
             m[0, 2] = (w - 1) / 2 - (m[0, 0] * (w - 1) / 2 + m[0, 1] * (h - 1) / 2)
             m[1, 2] = (h - 1) / 2 - (m[1, 0] * (w - 1) / 2 + m[1, 1] * (h - 1) / 2)
             fast, fast_alpha = _general(src, m, (h, w), _simd_or_skip(m))
-            ref, ref_alpha = _general(src, m, (h, w), 0)
+            ref, ref_alpha = _general(src, m, (h, w), (0, 0))
             assert np.array_equal(fast_alpha, ref_alpha)
             assert np.abs(fast.astype(int) - ref).max() <= 1
 

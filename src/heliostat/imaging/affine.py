@@ -154,7 +154,8 @@ def warp_affine(src: U8Array, m: F64Array, out: U8Array, alpha: U8Array) -> None
         simd = _SEPARABLE_ROW if out.strides[1] == alpha.strides[1] == 1 else 0
         _warp_separable(flat, pitch, src.shape[1], ax, bx, ay, by, n, out, alpha, chunks, simd)
     else:
-        _warp_general(src, flat, pitch, m, n, out, alpha, chunks, _simd_row(m, n))
+        simd, simd_mean = _simd_row(m, n)
+        _warp_general(src, flat, pitch, m, n, out, alpha, chunks, simd, simd_mean)
 
 
 # The C row kernels, where the CPU has their instructions: hs_bilinear_row (ext/bilinear_row.h,
@@ -162,6 +163,7 @@ def warp_affine(src: U8Array, m: F64Array, out: U8Array, alpha: U8Array) -> None
 # both off (the tests compare both paths).
 _SIMD_ON = os.environ.get("HELIOSTAT_SIMD", "1") != "0"
 _BILINEAR_ROW = _simd.bilinear_row_address() if _SIMD_ON else 0
+_BILINEAR_MEAN_ROW = _simd.bilinear_mean_row_address() if _SIMD_ON else 0
 _SEPARABLE_ROW = _simd.separable_row_address() if _SIMD_ON else 0
 
 
@@ -179,11 +181,14 @@ _STREAM_BYTES = 8 << 20
 _SIMD_MAX_DROP = 0.36
 
 
-def _simd_row(m: F64Array, n: int) -> int:
-    """Address of the SIMD row kernel if it serves this matrix's sample steps along a row (n × n
-    samples a pixel), else 0."""
+def _simd_row(m: F64Array, n: int) -> tuple[int, int]:
+    """Addresses of the SIMD row kernels, hs_bilinear_row and hs_bilinear_mean_row, if they
+    serve this matrix's sample steps along a row (n × n samples a pixel, up to 16 × 16: the
+    sums stay 16-bit), else 0s."""
     fits = abs(m[0, 0]) / n <= _simd.MAX_STEP and abs(m[1, 0]) / n <= _SIMD_MAX_DROP
-    return _BILINEAR_ROW if fits else 0
+    if not (fits and n <= 16 and _BILINEAR_ROW):
+        return 0, 0
+    return _BILINEAR_ROW, _BILINEAR_MEAN_ROW
 
 
 def _call_c_typer(typingctx, fn, args):  # type: ignore[no-untyped-def]
@@ -742,6 +747,7 @@ def _warp_general(
     alpha: U8Array,
     chunks: int,
     simd: int,
+    simd_mean: int,
 ) -> None:
     """Any affine: n × n bilinear samples a pixel. Pixels whose whole footprint is inside the
     source take a fixed-point path (positions in 32.32, bilinear weights in 8 bits: 2× the speed
@@ -755,7 +761,7 @@ def _warp_general(
     for c in numba.prange(chunks):
         _general_rows(
             src, flat, pitch, m, off_x, off_y, fix_x, fix_y, scale, cover, mx, my, out, alpha,
-            _row_order(h_out, c, chunks, m[0, 1] < 0.0), simd,
+            _row_order(h_out, c, chunks, m[0, 1] < 0.0), simd, simd_mean,
         )  # fmt: skip
 
 
@@ -810,6 +816,7 @@ def _general_rows(
     alpha: U8Array,
     rows: I64Array,
     simd: int,
+    simd_mean: int,
 ) -> None:
     """Output rows ``rows`` of _warp_general, in that order."""
     h_src, w_src = src.shape
@@ -827,6 +834,7 @@ def _general_rows(
     quads = np.empty(w_out, np.uint32)
     acc = np.empty(w_out, np.int64)
     sample = np.empty(w_out * round(math.sqrt(count)), np.uint8)
+    sums = np.empty(w_out if simd_mean else 0, np.uint16)
     # ``rows`` go in the order that moves their source paths rightwards, to higher addresses
     # (bottom up if m[0, 1] < 0): the other order takes twice as long at 4096² (measured at
     # ±10°; cache prefetch follows addresses up).
@@ -865,8 +873,9 @@ def _general_rows(
         n_in = ub - ua
         if simd != 0 and n_in > 0:
             _simd_interior(
-                simd, flat, pitch, px, py, ax, ay, fix_x, fix_y, n_in, o, ua, sample, acc
-            )
+                simd, simd_mean, flat, pitch, px, py, ax, ay, fix_x, fix_y, n_in, o, ua, sample,
+                sums,
+            )  # fmt: skip
             n_in = 0
         for k in range(count if n_in > 0 else 0):
             _positions(px + fix_x[k], py + fix_y[k], ax, ay, pitch, idx, fxs, fys, n_in)
@@ -887,6 +896,7 @@ def _general_rows(
 @numba.njit(cache=True, nogil=True, boundscheck=False)
 def _simd_interior(
     simd: int,
+    simd_mean: int,
     flat: U8Array,
     pitch: int,
     px: int,
@@ -899,42 +909,32 @@ def _simd_interior(
     o: U8Array,
     u0: int,
     sample: U8Array,
-    acc: I64Array,
+    sums: npt.NDArray[np.uint16],
 ) -> None:
-    """o[u0 + i], i < n: the mean of the side × side samples at offsets (fix_x, fix_y) through
-    simd. A pixel's samples in one of its sub-rows continue those of the pixel before at the same
-    spacing, so each sub-row is one run of side·n samples at step/side: the source rows a run of
-    32 crosses are fewer by side than sampling each offset across the row in turn."""
+    """o[u0 + i], i < n: the bilinear sample at offset (fix_x, fix_y) through hs_bilinear_row
+    (address ``simd``), or the mean of the side × side samples at those offsets through
+    hs_bilinear_mean_row (``simd_mean``). A pixel's samples in one of its sub-rows continue
+    those of the pixel before at the same spacing, so each sub-row is one run of side·n samples
+    at step/side: the source rows a run of 32 crosses are fewer by side than sampling each
+    offset across the row in turn."""
+    src = np.int64(flat.ctypes.data)
     count = fix_x.size
     if count == 1:
         args = (
-            np.int64(flat.ctypes.data), np.int64(flat.size), np.int64(pitch),
-            np.int64(px + fix_x[0]), np.int64(py + fix_y[0]), np.int64(ax), np.int64(ay),
-            np.int64(n), np.int64(o.ctypes.data + u0),
+            src, np.int64(flat.size), np.int64(pitch), np.int64(px + fix_x[0]),
+            np.int64(py + fix_y[0]), np.int64(ax), np.int64(ay), np.int64(n),
+            np.int64(o.ctypes.data + u0),
         )  # fmt: skip
         _call_c(np.int64(simd), args)
         return
     side = np.int64(round(math.sqrt(count)))
-    sx = (ax + side // 2) // side
-    sy = (ay + side // 2) // side
-    for i in range(side):
-        args = (
-            np.int64(flat.ctypes.data), np.int64(flat.size), np.int64(pitch),
-            np.int64(px + fix_x[i * side]), np.int64(py + fix_y[i * side]), np.int64(sx),
-            np.int64(sy), np.int64(n * side), np.int64(sample.ctypes.data),
-        )  # fmt: skip
-        _call_c(np.int64(simd), args)
-        for u in range(_I(n)):
-            total = np.int64(0)
-            for j in range(_I(side)):
-                total += sample[u * _I(side) + j]
-            if i == 0:
-                acc[u] = total
-            else:
-                acc[u] += total
-    half = count // 2
-    for u in range(_I(n)):
-        o[_I(u0) + u] = (acc[u] + half) // count
+    mean_args = (
+        src, np.int64(flat.size), np.int64(pitch), np.int64(px), np.int64(py),
+        np.int64((ax + side // 2) // side), np.int64((ay + side // 2) // side), np.int64(n), side,
+        np.int64(fix_x.ctypes.data), np.int64(fix_y.ctypes.data), np.int64(sample.ctypes.data),
+        np.int64(sums.ctypes.data), np.int64(o.ctypes.data + u0),
+    )  # fmt: skip
+    _call_c(np.int64(simd_mean), mean_args)
 
 
 @numba.njit(cache=True, nogil=True, fastmath=True, boundscheck=False)
