@@ -50,13 +50,13 @@ HS_VBMI static inline __m256i hs_load32(const uint8_t *p, const uint8_t *end) {
  * is exact). */
 HS_VBMI static inline __m512i hs_positions(const int16_t *kh, const uint32_t *kl, int64_t base,
                                              uint32_t low) {
-    const __m512i b = _mm512_set1_epi32((int)low);
-    const __m256i c0 = _mm512_cvtepi32_epi16(
-        _mm512_srli_epi32(_mm512_add_epi32(b, _mm512_loadu_si512(kl)), 24));
-    const __m256i c1 = _mm512_cvtepi32_epi16(
-        _mm512_srli_epi32(_mm512_add_epi32(b, _mm512_loadu_si512(kl + 16)), 24));
-    return _mm512_add_epi16(_mm512_add_epi16(_mm512_loadu_si512(kh), _mm512_set1_epi16((short)base)),
-                            _mm512_inserti64x4(_mm512_castsi256_si512(c0), c1, 1));
+    /* low + kl[k] carries out of 24 bits where kl[k] > 2^24 - 1 - low: a compare a lane and a
+     * masked add, rather than narrowing 32-bit sums to 16 bits. */
+    const __m512i t = _mm512_set1_epi32((int)(0xFFFFFF - low));
+    const __mmask32 carry = _mm512_kunpackw(_mm512_cmpgt_epu32_mask(_mm512_loadu_si512(kl + 16), t),
+                                            _mm512_cmpgt_epu32_mask(_mm512_loadu_si512(kl), t));
+    const __m512i x = _mm512_add_epi16(_mm512_loadu_si512(kh), _mm512_set1_epi16((short)base));
+    return _mm512_mask_add_epi16(x, carry, x, _mm512_set1_epi16(1));
 }
 
 /* out[i] = bilinear sample of the (size-byte) image src, rows pitch bytes apart, at 32.32
