@@ -113,9 +113,12 @@ def kernel_figures(report: Report, aia: np.ndarray) -> None:
     _warp_case(report, aia, "4096² scale 1, subpixel shift", shift, n)
     shrink = np.array([[1.9, 0.0, 0.3], [0.0, 1.9, 0.2]])
     _warp_case(report, aia, "4096² → 2048² scale 1.9, 2×2 supersampled", shrink, n // 2)
-    # The AIA layer of a default screenshot: 1.0088 reduced pixels per output pixel.
+    # The AIA layer of a default screenshot: 1.0088 reduced pixels per output pixel, one sample
+    # (up to a 1.25 shrink); then the nearest shrink that takes 2×2, where the most taps fall.
     aia_layer = np.array([[1.0088, 0.0, 1.7], [0.0, 1.0088, -2.2]])
-    _warp_case(report, aia, "4096² → 4060² scale 1.0088, 2×2 supersampled", aia_layer, 4060)
+    _warp_case(report, aia, "4096² → 4060² scale 1.0088", aia_layer, 4060)
+    near = np.array([[1.3, 0.0, 0.4], [0.0, 1.3, -0.3]])
+    _warp_case(report, aia, "4096² → 3150² scale 1.3, 2×2 supersampled", near, 3150)
     _simd_case(report, aia, "4096² → 4060² unrotated", aia_layer, 4060, "_SEPARABLE_ROW",
                "the Numba float32 passes")  # fmt: skip
     # HMI-style CROTA 180°: cos and sin leave 1e-16 off the diagonal; a mirror of both axes.

@@ -13,7 +13,7 @@ import pytest
 from scipy import ndimage  # type: ignore[import-untyped]
 
 from heliostat.imaging._openjpeg import J2KDecoder
-from heliostat.imaging.affine import blend_over, radial_mask, warp_affine
+from heliostat.imaging.affine import blend_over, radial_mask, samples_per_axis, warp_affine
 
 from .conftest import AIA_171
 
@@ -99,7 +99,7 @@ def test_rotation_is_the_mean_of_bilinear_samples_up_to_the_edges(deg: float, sc
     m = _rotation(deg, scale, w / 2, h / 2)
     m[:, 2] -= m[:, :2] @ [35.0, 30.0]  # output (35, 30) on the source centre
     out, alpha = _warp(src, m, (60, 70))
-    n = max(1, math.ceil(scale - 1e-6))
+    n = samples_per_axis(scale)
     v, u = np.mgrid[0:60, 0:70].astype(float)
     total = np.zeros((60, 70))
     hits = np.zeros((60, 70))
@@ -180,6 +180,44 @@ def test_blend_rejects_mismatched_or_non_rgba_arrays() -> None:
         blend_over(a, 101, a.copy())
 
 
+@pytest.mark.parametrize(
+    ("step", "n"),
+    [(0.5, 1), (1.0088, 1), (1.25, 1), (1.2501, 2), (2.0, 2), (2.0 + 1e-9, 2), (2.01, 3)],
+)
+def test_samples_per_axis_follows_the_shrink(step: float, n: int) -> None:
+    # 2 + 1e-9: rounding in a matrix that scales by exactly 2.
+    assert samples_per_axis(step) == n
+
+
+@pytest.mark.parametrize("step", [1.0088, 1.1, 1.6, 1.9])
+def test_the_sample_count_is_the_closer_to_a_lanczos_reduction(step: float) -> None:
+    # Why one sample up to 1.25 and n × n beyond: on a zone plate (every frequency up to the
+    # source's Nyquist) the chosen count lands nearer Pillow's Lanczos-antialiased reduction
+    # than the other choice (2 × 2 where one is chosen, one where 2 × 2 is).
+    from PIL import Image
+
+    from heliostat.imaging.affine import _rows, _warp_separable
+
+    size = 512
+    y, x = np.mgrid[0:size, 0:size].astype(float)
+    r2 = (x - size / 2) ** 2 + (y - size / 2) ** 2
+    zone = (127.5 + 127.5 * np.cos(math.pi * r2 / size)).astype(np.uint8)
+    n_out = int(size / step)
+    box = (0.0, 0.0, n_out * step, n_out * step)
+    ref = np.asarray(Image.fromarray(zone).resize((n_out, n_out), Image.LANCZOS, box=box))
+    chosen = samples_per_axis(step)
+    flat, pitch = _rows(zone)
+    rms = {}
+    for n in (chosen, 2 if chosen == 1 else 1):
+        out = np.empty((n_out, n_out), np.uint8)
+        alpha = np.empty_like(out)
+        b = (step - 1) / 2  # Pillow's pixel centres: output u at source (u + 0.5)·step − 0.5
+        _warp_separable(flat, pitch, size, step, b, step, b, n, out, alpha, 1, 0)
+        d = (out.astype(float) - ref)[8:-8, 8:-8]
+        rms[n] = math.sqrt((d**2).mean())
+    assert rms[chosen] == min(rms.values()), rms
+
+
 def test_supersampled_shrink_is_the_mean_of_bilinear_samples() -> None:
     src = np.random.default_rng(3).integers(0, 256, (80, 80), dtype=np.uint8)
     m = _rotation(-31.0, 1.6, 30.0, 8.0)  # 1.6 source px per output px: 2×2 samples
@@ -216,7 +254,7 @@ def test_unrotated_matrix_takes_the_separable_path_with_the_same_result(m: objec
     src = np.random.default_rng(4).integers(0, 256, (70, 90), dtype=np.uint8)[3:, 5:]
     mat = np.asarray(m, np.float64)
     out, alpha = _warp(src, mat, (60, 80))
-    n = max(1, math.ceil(max(abs(mat[0, 0]), abs(mat[1, 1])) - 1e-6))
+    n = samples_per_axis(max(abs(mat[0, 0]), abs(mat[1, 1])))
     ref = np.empty_like(out)
     ref_alpha = np.empty_like(out)
     tilted = mat.copy()
@@ -282,7 +320,7 @@ def _general(src: np.ndarray, m: np.ndarray, shape: tuple[int, int], fns: tuple[
 
 
 def _side(m: np.ndarray) -> int:
-    return max(1, math.ceil(max(math.hypot(m[0, 0], m[1, 0]), math.hypot(m[0, 1], m[1, 1])) - 1e-6))
+    return samples_per_axis(max(math.hypot(m[0, 0], m[1, 0]), math.hypot(m[0, 1], m[1, 1])))
 
 
 def _simd_or_skip(m: np.ndarray) -> tuple[int, int]:
@@ -341,7 +379,7 @@ def _separable(src: np.ndarray, m: list[list[float]], shape: tuple[int, int], fn
 
     out = np.empty(shape, np.uint8)
     alpha = np.empty(shape, np.uint8)
-    n = max(1, math.ceil(max(abs(m[0][0]), abs(m[1][1])) - 1e-6))
+    n = samples_per_axis(max(abs(m[0][0]), abs(m[1][1])))
     flat, pitch = _rows(src)
     (ax, _, bx), (_, ay, by) = m
     _warp_separable(flat, pitch, src.shape[1], ax, bx, ay, by, n, out, alpha, 2, fn)

@@ -14,6 +14,7 @@ from PIL import Image
 from heliostat.archive.header import read_record
 from heliostat.errors import DataLoss, FailedPrecondition, InvalidArgument, OutOfRange
 from heliostat.imaging._openjpeg import J2KDecoder
+from heliostat.imaging.affine import samples_per_axis
 from heliostat.imaging.decode import JP2Reader
 from heliostat.imaging.tiles import TILE_SIZE, TileRenderer, plan_tile, tile_range
 
@@ -102,9 +103,10 @@ def test_many_tiles_from_one_image_equal_region_decodes() -> None:
 
 
 def _weights(n_out: int, n_src: int, start: float, step: float) -> np.ndarray:
-    """Per output pixel, source weights of the mean of n = ceil(step) bilinear samples spread
-    evenly over its footprint [start + u·step, start + (u + 1)·step), pixel centres at k."""
-    n = max(1, math.ceil(step - 1e-6))
+    """Per output pixel, source weights of the mean of n bilinear samples (the kernel's count for
+    this step) spread evenly over its footprint [start + u·step, start + (u + 1)·step), pixel
+    centres at k."""
+    n = samples_per_axis(step)
     w = np.zeros((n_out, n_src))
     for j in range(n):
         x = start + (np.arange(n_out) + (j + 0.5) / n) * step - 0.5

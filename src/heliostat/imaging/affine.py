@@ -2,14 +2,19 @@
 
 ``warp_affine``: output pixel ``(u, v)`` (pixel centres at integer positions, as everywhere in
 heliostat.imaging) samples the source at ``(x, y) = m @ (u, v, 1)``, ``x`` a column and ``y`` a
-row. Sampling is bilinear. When the output shrinks the source (more than one source pixel per
-output pixel along either axis), each output pixel averages an ``n × n`` grid of bilinear
+row. Sampling is bilinear. When the output shrinks the source by more than 1.25 (source pixels
+per output pixel along either axis), each output pixel averages an ``n × n`` grid of bilinear
 samples spread over its footprint, ``n = ceil(source pixels per output pixel)``: a box the size
-of the footprint convolved with the bilinear tent. Supersampling was chosen over a separable
-prefilter because it handles rotation with the same code, and frames reach this kernel after
-JPEG 2000 ``reduce`` has done the power-of-two part of any shrink, so ``n`` is 1 or 2 in
-practice (4 samples at most per pixel). Samples whose position falls outside the source count as
-transparent: the output alpha is the covered fraction of the footprint.
+of the footprint convolved with the bilinear tent (samples_per_axis). Up to 1.25 one sample's
+tent is the better filter: measured against Lanczos-antialiased reductions (Pillow) of white
+noise, a zone plate and real AIA, HMI and LASCO images, it is the closer of the two on every one
+(at 1.0088, a default screenshot's AIA layer, 20.1 against 26.6 grey levels rms on noise, 0.53
+against 0.62 on AIA: 2 × 2 there only blurs), and 2 × 2 is the closer from ~1.25. Supersampling
+was chosen over a separable prefilter because it handles rotation with the same code, and
+frames reach this kernel after JPEG 2000 ``reduce`` has done the power-of-two part of any
+shrink, so ``n`` is 1 or 2 in practice (4 samples at most per pixel). Samples whose position
+falls outside the source count as transparent: the output alpha is the covered fraction of the
+footprint.
 
 Without rotation (off-diagonal terms below a millionth of a pixel: a 180° CROTA is a mirror of
 both axes) the same mean of bilinear samples factors into a vertical and a horizontal pass with
@@ -140,9 +145,7 @@ def warp_affine(src: U8Array, m: F64Array, out: U8Array, alpha: U8Array) -> None
     """
     if out.shape != alpha.shape:
         raise ValueError(f"alpha: shape {alpha.shape} differs from out shape {out.shape}")
-    step = max(math.hypot(m[0, 0], m[1, 0]), math.hypot(m[0, 1], m[1, 1]))
-    # The epsilon keeps an exact 1:1 copy at one sample despite rounding in m.
-    n = max(1, math.ceil(step - 1e-6))
+    n = samples_per_axis(max(math.hypot(m[0, 0], m[1, 0]), math.hypot(m[0, 1], m[1, 1])))
     h, w = out.shape
     chunks = _threads(h, w)
     flat, pitch = _rows(src)
@@ -156,6 +159,18 @@ def warp_affine(src: U8Array, m: F64Array, out: U8Array, alpha: U8Array) -> None
     else:
         simd, simd_mean = _simd_row(m, n)
         _warp_general(src, flat, pitch, m, n, out, alpha, chunks, simd, simd_mean)
+
+
+# Shrinks up to this many source pixels per output pixel take one bilinear sample a pixel
+# (module docstring).
+_ONE_SAMPLE_UP_TO = 1.25
+
+
+def samples_per_axis(step: float) -> int:
+    """Bilinear samples along each axis of an output pixel that covers ``step`` source pixels
+    along its longer side: 1 up to a 1.25 shrink, else ceil(step) (an integer step that
+    rounding in a matrix left a millionth over is that integer)."""
+    return 1 if step <= _ONE_SAMPLE_UP_TO else math.ceil(step - 1e-6)
 
 
 # The C row kernels, where the CPU has their instructions: hs_bilinear_row (ext/bilinear_row.h,
