@@ -43,9 +43,11 @@ Both kernels share rows among threads, as many as the work is worth (_threads).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import llvmlite.ir as llvm_ir
@@ -155,10 +157,12 @@ def warp_affine(src: U8Array, m: F64Array, out: U8Array, alpha: U8Array) -> None
         ax, bx, ay, by = m[0, 0], m[0, 2], m[1, 1], m[1, 2]
         # The C rows write whole rows of bytes.
         simd = _SEPARABLE_ROW if out.strides[1] == alpha.strides[1] == 1 else 0
-        _warp_separable(flat, pitch, src.shape[1], ax, bx, ay, by, n, out, alpha, chunks, simd)
+        with _threads_for(chunks):
+            _warp_separable(flat, pitch, src.shape[1], ax, bx, ay, by, n, out, alpha, chunks, simd)
     else:
         simd, simd_mean = _simd_row(m, n)
-        _warp_general(src, flat, pitch, m, n, out, alpha, chunks, simd, simd_mean)
+        with _threads_for(chunks):
+            _warp_general(src, flat, pitch, m, n, out, alpha, chunks, simd, simd_mean)
 
 
 # Shrinks up to this many source pixels per output pixel take one bilinear sample a pixel
@@ -1043,9 +1047,10 @@ def radial_mask(alpha: U8Array, cx: float, cy: float, r_in: float, r_out: float)
 
 
 # Colour byte shifts within the word, and pixels per thread below which another is not worth
-# waking (a thread start costs ~10 µs, a pixel ~1 ns).
+# waking: 35–85 µs on this 2-vCPU VM (passive waiting, heliostat/__init__.py), against 0.3 (a
+# shift) to 0.6 ns (a rotation) a pixel; 2 threads gained nothing on a 512² shift.
 _RGB_SHIFTS = tuple(k for k in range(0, 32, 8) if k != _ALPHA_SHIFT)
-_MIN_PIXELS_PER_THREAD = 1 << 16
+_MIN_PIXELS_PER_THREAD = 1 << 18
 _U = np.uint32
 
 
@@ -1122,6 +1127,22 @@ def _threads(rows: int, width: int) -> int:
     return max(1, min(numba.get_num_threads(), rows, rows * width // _MIN_PIXELS_PER_THREAD))
 
 
+@contextlib.contextmanager
+def _threads_for(chunks: int) -> Iterator[None]:
+    """Numba's threads for a kernel call in ``chunks`` row chunks: all of them, or this one alone
+    for a single chunk. A parallel region wakes every thread even when one has all the work:
+    ~60 µs a call on this 2-vCPU VM (a 128² warp took 99 µs, 24 µs alone)."""
+    if chunks > 1:
+        yield
+        return
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)  # this Python thread's setting only
+    try:
+        yield
+    finally:
+        numba.set_num_threads(threads)
+
+
 def _words(a: U8Array) -> U32Array:
     return a.view(np.uint32)[..., 0]
 
@@ -1139,4 +1160,6 @@ def blend_over(layer: U8Array, opacity: int, canvas: U8Array) -> None:
         raise ValueError(f"layer: shape {layer.shape} differs from canvas shape {canvas.shape}")
     if not 0 <= opacity <= 100:
         raise ValueError(f"opacity: expected 0..100, got {opacity}")
-    _blend_words(_words(layer), opacity, _words(canvas), _threads(canvas.shape[0], canvas.shape[1]))
+    chunks = _threads(canvas.shape[0], canvas.shape[1])
+    with _threads_for(chunks):
+        _blend_words(_words(layer), opacity, _words(canvas), chunks)
