@@ -38,7 +38,8 @@ OVER, the way Helioviewer stacks screenshot layers: branch-free loops over 32-bi
 LLVM vectorises, integer arithmetic over an opaque canvas row, float32 where the canvas row has
 partial alpha (straight alpha needs a division).
 
-Both kernels share rows among threads, as many as the work is worth (_threads).
+Both kernels share rows among threads, as many as the work is worth (_threads); the warps deal
+them out in blocks of rows in turn (_row_order), so uneven work down a frame is shared too.
 """
 
 from __future__ import annotations
@@ -772,9 +773,9 @@ def _warp_general(
     source take a fixed-point path (positions in 32.32, bilinear weights in 8 bits: 2× the speed
     of floating point, within one grey level of it); the rest a floating-point path with edge
     tests. ``flat`` and ``pitch`` are ``src`` as _rows gives it, for the fixed-point path.
-    ``simd``, if not 0, is the address of hs_bilinear_row, which then samples the interior (its
-    samples rounded to whole grey levels before an n × n mean: still within one of the exact
-    mean)."""
+    ``simd``, if not 0, is the address of hs_bilinear_row, which then samples the interior, and
+    ``simd_mean`` that of hs_bilinear_mean_row, which takes the n × n mean for n > 1 (of samples
+    rounded to whole grey levels: still within one of the exact mean)."""
     h_out = out.shape[0]
     off_x, off_y, fix_x, fix_y, scale, cover, mx, my = _sample_offsets(m, n)
     for c in numba.prange(chunks):
