@@ -278,6 +278,37 @@ def test_rotation_by_180_degrees_is_an_exact_flip() -> None:
     assert alpha.min() == 255
 
 
+@pytest.mark.parametrize(("h", "chunks"), [(1, 1), (40, 3), (4096, 2), (1000, 16)])
+@pytest.mark.parametrize("backwards", [False, True])
+def test_row_chunks_cover_every_row_once_in_order(h: int, chunks: int, backwards: bool) -> None:
+    from heliostat.imaging.affine import _BLOCK_ROWS, _row_order
+
+    parts = [_row_order(h, c, chunks, backwards) for c in range(chunks)]
+    assert sorted(np.concatenate(parts).tolist()) == list(range(h))
+    for rows in parts:
+        steps = np.diff(rows)
+        # Within a block one row at a time, downwards or (backwards) upwards.
+        assert set(steps[np.abs(steps) == 1].tolist()) <= ({-1} if backwards else {1})
+    # Blocks are dealt in turn: chunk c's first block is block c (from the end if backwards).
+    first = parts[min(1, chunks - 1)][0]
+    block = first // _BLOCK_ROWS
+    blocks = -(-h // _BLOCK_ROWS)
+    assert block == (blocks - 1 - min(1, chunks - 1) if backwards else min(1, chunks - 1))
+
+
+def test_a_one_chunk_warp_leaves_the_thread_count_as_it_was() -> None:
+    import numba
+
+    from heliostat.imaging import affine
+
+    threads = numba.get_num_threads()
+    src = np.arange(64, dtype=np.uint8).reshape(8, 8)
+    _out, alpha = _warp(src, _rotation(10.0, 1.0, 4.0, 4.0), (8, 8))
+    assert alpha.max() == 255
+    assert affine._threads(8, 8) == 1
+    assert numba.get_num_threads() == threads
+
+
 @pytest.mark.parametrize("simd", [False, True])
 def test_warp_is_the_same_on_one_thread_or_many(simd: bool) -> None:
     from heliostat.imaging.affine import (
