@@ -853,7 +853,8 @@ def _general_rows(
     fys = np.empty(w_out, np.int32)
     quads = np.empty(w_out, np.uint32)
     acc = np.empty(w_out, np.int64)
-    sample = np.empty(w_out * round(math.sqrt(count)), np.uint8)
+    # hs_bilinear_mean_row's sub-row of samples and running sums (the Numba path sums in acc).
+    sample = np.empty(w_out * round(math.sqrt(count)) if simd_mean else 0, np.uint8)
     sums = np.empty(w_out if simd_mean else 0, np.uint16)
     # ``rows`` go in the order that moves their source paths rightwards, to higher addresses
     # (bottom up if m[0, 1] < 0): the other order takes twice as long at 4096² (measured at
