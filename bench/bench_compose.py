@@ -29,11 +29,12 @@ from conftest import AIA_171, DATA, LASCO_C3  # noqa: E402
 
 from bench.harness import Report, alternate, percentiles, repeat  # noqa: E402
 from heliostat.archive.header import read_record  # noqa: E402
-from heliostat.imaging import affine, colortables, encode, kernels  # noqa: E402
+from heliostat.imaging import colortables, encode, kernels  # noqa: E402
 from heliostat.imaging._openjpeg import J2KDecoder  # noqa: E402
-from heliostat.imaging.affine import blend_over, warp_affine  # noqa: E402
+from heliostat.imaging.blend import blend_over  # noqa: E402
 from heliostat.imaging.compose import Compositor, LayerInput  # noqa: E402
 from heliostat.imaging.decode import JP2Reader  # noqa: E402
+from heliostat.imaging.warp import native, warp_affine  # noqa: E402
 from heliostat.screenshots import region as roi  # noqa: E402
 from heliostat.screenshots.service import encode_rgba  # noqa: E402
 
@@ -85,20 +86,21 @@ def _warp_case(report: Report, aia: np.ndarray, name: str, m: np.ndarray, size: 
 def _simd_case(
     report: Report, aia: np.ndarray, name: str, m: np.ndarray, size: int, kernel: str, numba: str
 ) -> None:
-    """A warp through a C row kernel (affine's global ``kernel``: its address where this CPU has
-    the instructions) beside the same warp with that kernel off: the Numba path ``numba``."""
+    """A warp through a C row kernel (``kernel`` in heliostat.imaging.warp.native: its address
+    where this CPU has the instructions) beside the same warp with that kernel off: the Numba
+    path ``numba``."""
     out = np.empty((size, size), np.uint8)
     alpha = np.empty_like(out)
-    simd = getattr(affine, kernel)
+    simd = getattr(native, kernel)
     if not simd:
         print(f"{kernel}: not on this CPU, the Numba path is the only one", file=sys.stderr)
         return
     ours = percentiles(repeat(lambda: warp_affine(aia, m, out, alpha), 7))
-    setattr(affine, kernel, 0)
+    setattr(native, kernel, 0)
     try:
         numba_path = percentiles(repeat(lambda: warp_affine(aia, m, out, alpha), 7))
     finally:
-        setattr(affine, kernel, simd)
+        setattr(native, kernel, simd)
     report.add(f"affine {name}, SIMD rows vs Numba path (p50)", ours["p50_ms"], "ms",
                baseline_name=numba, baseline_value=numba_path["p50_ms"],
                ours=ours, numba=numba_path)  # fmt: skip
@@ -119,12 +121,12 @@ def kernel_figures(report: Report, aia: np.ndarray) -> None:
     _warp_case(report, aia, "4096² → 4060² scale 1.0088", aia_layer, 4060)
     near = np.array([[1.3, 0.0, 0.4], [0.0, 1.3, -0.3]])
     _warp_case(report, aia, "4096² → 3150² scale 1.3, 2×2 supersampled", near, 3150)
-    _simd_case(report, aia, "4096² → 4060² unrotated", aia_layer, 4060, "_SEPARABLE_ROW",
+    _simd_case(report, aia, "4096² → 4060² unrotated", aia_layer, 4060, "SEPARABLE_ROW",
                "the Numba float32 passes")  # fmt: skip
     # HMI-style CROTA 180°: cos and sin leave 1e-16 off the diagonal; a mirror of both axes.
     _warp_case(report, aia, "4096² rotate 180°", _rotation(180.0, 1.0, n), n)
     _warp_case(report, aia, "4096² rotate 10°", _rotation(10.0, 1.0, n), n)
-    _simd_case(report, aia, "4096² rotate 10°", _rotation(10.0, 1.0, n), n, "_BILINEAR_ROW",
+    _simd_case(report, aia, "4096² rotate 10°", _rotation(10.0, 1.0, n), n, "BILINEAR_ROW",
                "the Numba fixed-point path")  # fmt: skip
     _warp_case(report, aia, "4096² → 2048² rotate 10°, 2×2 supersampled",
                _rotation(10.0, 1.9, n, n // 2), n // 2)  # fmt: skip

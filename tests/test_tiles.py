@@ -14,9 +14,9 @@ from PIL import Image
 from heliostat.archive.header import read_record
 from heliostat.errors import DataLoss, FailedPrecondition, InvalidArgument, OutOfRange
 from heliostat.imaging._openjpeg import J2KDecoder
-from heliostat.imaging.affine import samples_per_axis
 from heliostat.imaging.decode import JP2Reader
 from heliostat.imaging.tiles import TILE_SIZE, TileRenderer, plan_tile, tile_range
+from heliostat.imaging.warp import samples_per_axis
 
 from .conftest import AIA_171, DATA, LASCO_C3
 

@@ -28,10 +28,12 @@ from heliostat.catalog.store import Catalog
 from heliostat.config import Profile
 from heliostat.errors import DataLoss, InvalidArgument, NotFound
 from heliostat.imaging import difference, encode
-from heliostat.imaging.affine import blend_over, radial_mask, warp_affine
+from heliostat.imaging.blend import blend_over
 from heliostat.imaging.compose import Compositor
 from heliostat.imaging.decode import JP2Reader
+from heliostat.imaging.masks import radial_mask
 from heliostat.imaging.tiles import FORMATS, Tile, TileRenderer
+from heliostat.imaging.warp import warp_affine
 from heliostat.screenshots import overlays as ov
 from heliostat.screenshots.layers import parse_layers
 from heliostat.screenshots.region import Region

@@ -17,7 +17,7 @@ is decoded. Reduced sample k sits at native position ``2^reduce · k`` (the wave
 centred on the even sample), not at the middle of the native pixels it replaces; the limb tests
 at reduce 1 see the difference, half a native pixel. Unrotated layers go through the separable
 triangle-filter kernel the tiles use; rotated ones through the supersampled bilinear kernel of
-heliostat.imaging.affine. Coronagraphs are masked to their field of view (OCCULTERS). Layers
+heliostat.imaging.warp. Coronagraphs are masked to their field of view (OCCULTERS). Layers
 are drawn in the order given, each OVER what is already there; pixels no layer covers stay
 transparent. A difference layer is its image minus its reference, both placed on the view by
 their own geometry, mapped to grey by heliostat.imaging.difference.
@@ -37,7 +37,7 @@ from heliostat.archive import sources
 from heliostat.catalog.records import ImageRecord
 from heliostat.errors import DataLoss, FailedPrecondition, InvalidArgument
 from heliostat.imaging import colortables, kernels
-from heliostat.imaging.affine import blend_over, radial_mask, warp_affine
+from heliostat.imaging.blend import blend_over
 from heliostat.imaging.decode import (
     DecodeError,
     FileChangedError,
@@ -46,6 +46,8 @@ from heliostat.imaging.decode import (
     reduced_size,
 )
 from heliostat.imaging.difference import difference
+from heliostat.imaging.masks import radial_mask
+from heliostat.imaging.warp import warp_affine
 
 U8Array = npt.NDArray[np.uint8]
 F64Array = npt.NDArray[np.float64]

@@ -11,17 +11,13 @@ Nothing checks bounds inside the loops: the wrappers' shape checks are what keep
 
 from __future__ import annotations
 
-import sys
-
 import numba
 import numpy as np
 import numpy.typing as npt
 
-U8Array = npt.NDArray[np.uint8]
+from heliostat.imaging.rgba import ALPHA_SHIFT, RGB_BITS, words
 
-# The alpha byte's bits within a native-endian uint32 RGBA word.
-_ALPHA_SHIFT = 24 if sys.byteorder == "little" else 0
-_RGB_BITS = 0xFFFFFFFF ^ (0xFF << _ALPHA_SHIFT)
+U8Array = npt.NDArray[np.uint8]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -49,8 +45,8 @@ def _lut_words_masked(src, mask, lut32, out32):  # type: ignore[no-untyped-def]
                 o[j] = 0
             else:
                 word = lut32[s[j]]
-                la = (word >> _ALPHA_SHIFT) & 0xFF
-                o[j] = (word & _RGB_BITS) | (((la * a + 127) // 255) << _ALPHA_SHIFT)
+                la = (word >> ALPHA_SHIFT) & 0xFF
+                o[j] = (word & RGB_BITS) | (((la * a + 127) // 255) << ALPHA_SHIFT)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -157,11 +153,6 @@ def _out(out: U8Array | None, shape: tuple[int, ...]) -> U8Array:
     return out
 
 
-def _words(a: U8Array) -> npt.NDArray[np.uint32]:
-    """An (h, w, 4) uint8 array with a contiguous last axis viewed as (h, w) uint32 words."""
-    return a.view(np.uint32)[..., 0]
-
-
 def _lut_words_of(lut: U8Array) -> npt.NDArray[np.uint32]:
     return np.ascontiguousarray(lut).view(np.uint32).reshape(256)
 
@@ -174,7 +165,7 @@ def apply_lut_rgba(src: U8Array, lut: U8Array, out: U8Array | None = None) -> U8
     _check_image("src", src)
     _check_lut(lut, 4)
     out = _out(out, (*src.shape, 4))
-    _lut_words(src, _lut_words_of(lut), _words(out))
+    _lut_words(src, _lut_words_of(lut), words(out))
     return out
 
 
@@ -201,7 +192,7 @@ def apply_lut_rgba_masked(
         raise ValueError(f"mask: shape {mask.shape} differs from src shape {src.shape}")
     _check_lut(lut, 4)
     out = _out(out, (*src.shape, 4))
-    _lut_words_masked(src, mask, _lut_words_of(lut), _words(out))
+    _lut_words_masked(src, mask, _lut_words_of(lut), words(out))
     return out
 
 
@@ -220,7 +211,7 @@ def apply_lut_over_black(
     _check_lut(lut, None)
     out = _out(out, (*src.shape, lut.shape[1]))
     if lut.shape[1] == 4:
-        _lut_words_over_black(src, mask, _lut_words_of(lut), _words(out))
+        _lut_words_over_black(src, mask, _lut_words_of(lut), words(out))
     else:
         _lut_bytes_over_black(src, mask, lut, out)
     return out

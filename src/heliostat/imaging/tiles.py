@@ -26,7 +26,6 @@ from heliostat.archive import sources
 from heliostat.catalog.records import ImageRecord
 from heliostat.errors import DataLoss, FailedPrecondition, InvalidArgument, OutOfRange
 from heliostat.imaging import difference, encode
-from heliostat.imaging.affine import warp_affine
 from heliostat.imaging.compose import sample_onto
 from heliostat.imaging.decode import (
     DecodeError,
@@ -35,6 +34,7 @@ from heliostat.imaging.decode import (
     JP2Reader,
     reduced_size,
 )
+from heliostat.imaging.warp import warp_affine
 from heliostat.lru import CacheStats, SizedLRU
 
 TILE_SIZE = 512

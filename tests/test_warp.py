@@ -1,4 +1,4 @@
-"""Affine resampling, occulter mask and OVER-blend kernels against direct references."""
+"""Affine resampling (heliostat.imaging.warp) against direct references."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from scipy import ndimage  # type: ignore[import-untyped]
 
 from heliostat.imaging._openjpeg import J2KDecoder
-from heliostat.imaging.affine import blend_over, radial_mask, samples_per_axis, warp_affine
+from heliostat.imaging.warp import samples_per_axis, warp_affine
 
 from .conftest import AIA_171
 
@@ -131,55 +131,6 @@ def test_coverage_is_the_fraction_of_the_footprint_inside_the_source() -> None:
     assert (alpha[:, 6:] == 0).all() and (out[:, 6:] == 0).all()
 
 
-def test_radial_mask_keeps_only_the_annulus_with_soft_edges() -> None:
-    alpha = np.full((101, 101), 255, np.uint8)
-    radial_mask(alpha, 50.0, 50.0, 10.0, 40.0)
-    assert alpha[50, 50] == 0 and alpha[50, 55] == 0
-    assert alpha[50, 75] == 255 and alpha[50, 50 + 39] == 255
-    assert alpha[0, 0] == 0 and alpha[50, 95] == 0
-    assert alpha[50, 60] == 128  # on the inner rim: half covered
-
-
-def _reference_over(layer: np.ndarray, opacity: int, canvas: np.ndarray) -> np.ndarray:
-    # Opacity scales the layer's alpha byte, rounded to a byte, before compositing.
-    sa = np.floor(layer[..., 3:].astype(float) * opacity / 100 + 0.5) / 255
-    da = canvas[..., 3:].astype(float) / 255
-    oa = sa + da * (1 - sa)
-    rgb = (layer[..., :3] * sa + canvas[..., :3] * da * (1 - sa)) / np.where(oa > 0, oa, 1)
-    out = np.concatenate([np.where(oa > 0, rgb, canvas[..., :3]), oa * 255], axis=-1)
-    return np.asarray(out)
-
-
-@pytest.mark.parametrize("opacity", [0, 1, 37, 50, 100])
-def test_blend_matches_porter_duff_over(opacity: int) -> None:
-    rng = np.random.default_rng(opacity)
-    layer = rng.integers(0, 256, (64, 64, 4), dtype=np.uint8)
-    canvas = rng.integers(0, 256, (64, 64, 4), dtype=np.uint8)
-    # Every path: transparent, opaque and partial alpha on both sides.
-    layer[:16, :, 3] = 0
-    layer[16:32, :, 3] = 255
-    canvas[:, :16, 3] = 0
-    canvas[:, 16:32, 3] = 255
-    ref = _reference_over(layer, opacity, canvas)
-    out = canvas.copy()
-    blend_over(layer, opacity, out)
-    covered = ref[..., 3] > 0
-    assert np.abs(out[..., 3].astype(float) - ref[..., 3]).max() <= 1
-    assert np.abs(out[covered][:, :3].astype(float) - ref[covered][:, :3]).max() <= 1
-    if opacity == 0:
-        assert np.array_equal(out, canvas)
-
-
-def test_blend_rejects_mismatched_or_non_rgba_arrays() -> None:
-    a = np.zeros((4, 4, 4), np.uint8)
-    with pytest.raises(ValueError, match="shape"):
-        blend_over(a, 50, np.zeros((4, 5, 4), np.uint8))
-    with pytest.raises(ValueError, match="layer"):
-        blend_over(np.zeros((4, 4, 3), np.uint8), 50, a)
-    with pytest.raises(ValueError, match="opacity"):
-        blend_over(a, 101, a.copy())
-
-
 @pytest.mark.parametrize(
     ("step", "n"),
     [(0.5, 1), (1.0088, 1), (1.25, 1), (1.2501, 2), (2.0, 2), (2.0 + 1e-9, 2), (2.01, 3)],
@@ -196,7 +147,8 @@ def test_the_sample_count_is_the_closer_to_a_lanczos_reduction(step: float) -> N
     # than the other choice (2 × 2 where one is chosen, one where 2 × 2 is).
     from PIL import Image
 
-    from heliostat.imaging.affine import _rows, _warp_separable
+    from heliostat.imaging.warp.sampling import flat_rows
+    from heliostat.imaging.warp.separable import warp_separable
 
     size = 512
     y, x = np.mgrid[0:size, 0:size].astype(float)
@@ -206,13 +158,13 @@ def test_the_sample_count_is_the_closer_to_a_lanczos_reduction(step: float) -> N
     box = (0.0, 0.0, n_out * step, n_out * step)
     ref = np.asarray(Image.fromarray(zone).resize((n_out, n_out), Image.LANCZOS, box=box))
     chosen = samples_per_axis(step)
-    flat, pitch = _rows(zone)
+    flat, pitch = flat_rows(zone)
     rms = {}
     for n in (chosen, 2 if chosen == 1 else 1):
         out = np.empty((n_out, n_out), np.uint8)
         alpha = np.empty_like(out)
         b = (step - 1) / 2  # Pillow's pixel centres: output u at source (u + 0.5)·step − 0.5
-        _warp_separable(flat, pitch, size, step, b, step, b, n, out, alpha, 1, 0)
+        warp_separable(flat, pitch, size, step, b, step, b, n, out, alpha, 1, 0)
         d = (out.astype(float) - ref)[8:-8, 8:-8]
         rms[n] = math.sqrt((d**2).mean())
     assert rms[chosen] == min(rms.values()), rms
@@ -249,7 +201,8 @@ def test_supersampled_shrink_is_the_mean_of_bilinear_samples() -> None:
 )
 def test_unrotated_matrix_takes_the_separable_path_with_the_same_result(m: object) -> None:
     # The general kernel is the reference: a shear of 1e-300 sends it there and changes nothing.
-    from heliostat.imaging.affine import _rows, _warp_general
+    from heliostat.imaging.warp.general import warp_general
+    from heliostat.imaging.warp.sampling import flat_rows
 
     src = np.random.default_rng(4).integers(0, 256, (70, 90), dtype=np.uint8)[3:, 5:]
     mat = np.asarray(m, np.float64)
@@ -259,8 +212,8 @@ def test_unrotated_matrix_takes_the_separable_path_with_the_same_result(m: objec
     ref_alpha = np.empty_like(out)
     tilted = mat.copy()
     tilted[0, 1] = 1e-300
-    flat, pitch = _rows(src)
-    _warp_general(src, flat, pitch, tilted, n, ref, ref_alpha, 2, 0, 0)
+    flat, pitch = flat_rows(src)
+    warp_general(src, flat, pitch, tilted, n, ref, ref_alpha, 2, 0, 0)
     assert np.array_equal(alpha, ref_alpha)
     assert (alpha == 255).sum() > 1000
     assert np.abs(out.astype(int) - ref).max() <= 1
@@ -281,9 +234,9 @@ def test_rotation_by_180_degrees_is_an_exact_flip() -> None:
 @pytest.mark.parametrize(("h", "chunks"), [(1, 1), (40, 3), (4096, 2), (1000, 16)])
 @pytest.mark.parametrize("backwards", [False, True])
 def test_row_chunks_cover_every_row_once_in_order(h: int, chunks: int, backwards: bool) -> None:
-    from heliostat.imaging.affine import _BLOCK_ROWS, _row_order
+    from heliostat.imaging.threads import BLOCK_ROWS, row_order
 
-    parts = [_row_order(h, c, chunks, backwards) for c in range(chunks)]
+    parts = [row_order(h, c, chunks, backwards) for c in range(chunks)]
     assert sorted(np.concatenate(parts).tolist()) == list(range(h))
     for rows in parts:
         steps = np.diff(rows)
@@ -291,62 +244,60 @@ def test_row_chunks_cover_every_row_once_in_order(h: int, chunks: int, backwards
         assert set(steps[np.abs(steps) == 1].tolist()) <= ({-1} if backwards else {1})
     # Blocks are dealt in turn: chunk c's first block is block c (from the end if backwards).
     first = parts[min(1, chunks - 1)][0]
-    block = first // _BLOCK_ROWS
-    blocks = -(-h // _BLOCK_ROWS)
+    block = first // BLOCK_ROWS
+    blocks = -(-h // BLOCK_ROWS)
     assert block == (blocks - 1 - min(1, chunks - 1) if backwards else min(1, chunks - 1))
 
 
 def test_a_one_chunk_warp_leaves_the_thread_count_as_it_was() -> None:
     import numba
 
-    from heliostat.imaging import affine
+    from heliostat.imaging.threads import threads
 
-    threads = numba.get_num_threads()
+    before = numba.get_num_threads()
     src = np.arange(64, dtype=np.uint8).reshape(8, 8)
     _out, alpha = _warp(src, _rotation(10.0, 1.0, 4.0, 4.0), (8, 8))
     assert alpha.max() == 255
-    assert affine._threads(8, 8) == 1
-    assert numba.get_num_threads() == threads
+    assert threads(8, 8) == 1
+    assert numba.get_num_threads() == before
 
 
 @pytest.mark.parametrize("simd", [False, True])
 def test_warp_is_the_same_on_one_thread_or_many(simd: bool) -> None:
-    from heliostat.imaging.affine import (
-        _SEPARABLE_ROW,
-        _rows,
-        _simd_row,
-        _warp_general,
-        _warp_separable,
-    )
+    from heliostat.imaging.warp.general import simd_row, warp_general
+    from heliostat.imaging.warp.native import SEPARABLE_ROW
+    from heliostat.imaging.warp.sampling import flat_rows
+    from heliostat.imaging.warp.separable import warp_separable
 
     src = np.random.default_rng(5).integers(0, 256, (300, 300), dtype=np.uint8)
     m = _rotation(10.0, 1.2, 30.0, -20.0)
-    fns = _simd_row(m, 2) if simd else (0, 0)
-    sep = _SEPARABLE_ROW if simd else 0
+    fns = simd_row(m, 2) if simd else (0, 0)
+    sep = SEPARABLE_ROW if simd else 0
     if simd and not (fns[0] and sep):
         pytest.skip("this CPU has no AVX-512 VBMI")
     outs = []
     for chunks in (1, 3):
         out = np.empty((256, 256), np.uint8)
         alpha = np.empty_like(out)
-        flat, pitch = _rows(src)
-        _warp_general(src, flat, pitch, m, 2, out, alpha, chunks, *fns)
+        flat, pitch = flat_rows(src)
+        warp_general(src, flat, pitch, m, 2, out, alpha, chunks, *fns)
         outs.append((out, alpha))
         out = np.empty((256, 256), np.uint8)
         alpha = np.empty_like(out)
-        _warp_separable(flat, pitch, 300, 1.2, 0.5, 1.2, -0.5, 2, out, alpha, chunks, sep)
+        warp_separable(flat, pitch, 300, 1.2, 0.5, 1.2, -0.5, 2, out, alpha, chunks, sep)
         outs.append((out, alpha))
     for a, b in zip(outs[:2], outs[2:], strict=True):
         assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
 
 
 def _general(src: np.ndarray, m: np.ndarray, shape: tuple[int, int], fns: tuple[int, int]) -> tuple:
-    from heliostat.imaging.affine import _rows, _warp_general
+    from heliostat.imaging.warp.general import warp_general
+    from heliostat.imaging.warp.sampling import flat_rows
 
     out = np.empty(shape, np.uint8)
     alpha = np.empty(shape, np.uint8)
-    flat, pitch = _rows(src)
-    _warp_general(src, flat, pitch, m, _side(m), out, alpha, 2, *fns)
+    flat, pitch = flat_rows(src)
+    warp_general(src, flat, pitch, m, _side(m), out, alpha, 2, *fns)
     return out, alpha
 
 
@@ -355,11 +306,12 @@ def _side(m: np.ndarray) -> int:
 
 
 def _simd_or_skip(m: np.ndarray) -> tuple[int, int]:
-    from heliostat.imaging.affine import _BILINEAR_ROW, _simd_row
+    from heliostat.imaging.warp.general import simd_row
+    from heliostat.imaging.warp.native import BILINEAR_ROW
 
-    if not _BILINEAR_ROW:
+    if not BILINEAR_ROW:
         pytest.skip("this CPU has no AVX-512 VBMI")
-    return _simd_row(m, _side(m))
+    return simd_row(m, _side(m))
 
 
 @pytest.mark.parametrize(
@@ -406,23 +358,24 @@ def test_simd_rows_read_nothing_past_the_end_of_the_image() -> None:
 
 
 def _separable(src: np.ndarray, m: list[list[float]], shape: tuple[int, int], fn: int) -> tuple:
-    from heliostat.imaging.affine import _rows, _warp_separable
+    from heliostat.imaging.warp.sampling import flat_rows
+    from heliostat.imaging.warp.separable import warp_separable
 
     out = np.empty(shape, np.uint8)
     alpha = np.empty(shape, np.uint8)
     n = samples_per_axis(max(abs(m[0][0]), abs(m[1][1])))
-    flat, pitch = _rows(src)
+    flat, pitch = flat_rows(src)
     (ax, _, bx), (_, ay, by) = m
-    _warp_separable(flat, pitch, src.shape[1], ax, bx, ay, by, n, out, alpha, 2, fn)
+    warp_separable(flat, pitch, src.shape[1], ax, bx, ay, by, n, out, alpha, 2, fn)
     return out, alpha
 
 
 def _separable_or_skip() -> int:
-    from heliostat.imaging.affine import _SEPARABLE_ROW
+    from heliostat.imaging.warp.native import SEPARABLE_ROW
 
-    if not _SEPARABLE_ROW:
+    if not SEPARABLE_ROW:
         pytest.skip("this CPU has no AVX-512 BW")
-    return _SEPARABLE_ROW
+    return SEPARABLE_ROW
 
 
 @pytest.mark.parametrize(
@@ -456,7 +409,7 @@ def test_simd_separable_rows_equal_the_numba_path_on_a_real_image(
 
 def test_simd_separable_rows_stream_a_large_frame_to_the_same_result() -> None:
     # From 8 MiB of output the rows go out by non-temporal stores through a row buffer.
-    from heliostat.imaging.affine import _STREAM_BYTES
+    from heliostat.imaging.warp.separable import _STREAM_BYTES
 
     fn = _separable_or_skip()
     side = math.isqrt(_STREAM_BYTES) + 8
@@ -501,12 +454,12 @@ def test_simd_paths_equal_the_numba_paths_on_random_warps(monkeypatch: pytest.Mo
     # Many small random cases through warp_affine with the C kernels and without: any shape from
     # 1 px, any angle (axis-aligned, mirrored, small and large rotations), shrinking and
     # enlarging, sources that end at a PROT_NONE page. Same alpha, within one grey level.
-    from heliostat.imaging import affine
+    from heliostat.imaging.warp import native
 
-    if not (affine._BILINEAR_ROW or affine._SEPARABLE_ROW):
+    if not (native.BILINEAR_ROW or native.SEPARABLE_ROW):
         pytest.skip("this CPU has no AVX-512")
     rng = np.random.default_rng(11)
-    kernels = (affine._BILINEAR_ROW, affine._SEPARABLE_ROW)
+    kernels = (native.BILINEAR_ROW, native.SEPARABLE_ROW)
     for case in range(150):
         h, w = (int(x) for x in rng.integers(1, 70, 2))
         ho, wo = (int(x) for x in rng.integers(1, 80, 2))
@@ -522,8 +475,8 @@ def test_simd_paths_equal_the_numba_paths_on_random_warps(monkeypatch: pytest.Mo
         with _guarded(h, w, case) as src:
             results = []
             for bilinear, separable in (kernels, (0, 0)):
-                monkeypatch.setattr(affine, "_BILINEAR_ROW", bilinear)
-                monkeypatch.setattr(affine, "_SEPARABLE_ROW", separable)
+                monkeypatch.setattr(native, "BILINEAR_ROW", bilinear)
+                monkeypatch.setattr(native, "SEPARABLE_ROW", separable)
                 results.append(_warp(src, m, (ho, wo)))
         (fast, fast_alpha), (ref, ref_alpha) = results
         where = f"case {case}: {h}x{w} -> {ho}x{wo}, {deg:.1f}°, scale {scale:.2f}"
