@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from bench.harness import Report, percentiles  # noqa: E402
-from heliostat.imaging import colortables, kernels  # noqa: E402
+from heliostat.imaging import colorize, colortables  # noqa: E402
 from heliostat.imaging._openjpeg import J2KDecoder  # noqa: E402
 from heliostat.imaging.encode import encode  # noqa: E402
 
@@ -66,15 +66,17 @@ def full_image(report: Report, img: np.ndarray) -> None:
     fast = interleaved(
         {
             "copy": lambda: np.copyto(copy_dst, out),
-            "apply_lut_rgba": lambda: kernels.apply_lut_rgba(img, lut, out),
-            "apply_lut_rgba (row-strided window)": lambda: kernels.apply_lut_rgba(window, lut, out),
-            "apply_lut_rgba_masked": lambda: kernels.apply_lut_rgba_masked(img, mask, lut, out),
+            "apply_lut_rgba": lambda: colorize.apply_lut_rgba(img, lut, out),
+            "apply_lut_rgba (row-strided window)": lambda: colorize.apply_lut_rgba(
+                window, lut, out
+            ),
+            "apply_lut_rgba_masked": lambda: colorize.apply_lut_rgba_masked(img, mask, lut, out),
             "np.take": lambda: np.take(lut, img, axis=0, out=out),
         },
         rounds=25,
     )
     slow = interleaved({"fancy indexing lut[img]": lambda: lut[img]}, rounds=5)
-    assert np.array_equal(kernels.apply_lut_rgba(window, lut, out), lut[img])
+    assert np.array_equal(colorize.apply_lut_rgba(window, lut, out), lut[img])
 
     copy = percentiles(fast.pop("copy"))
     report.add("np.copyto 4096²×4 (baseline)", copy["p50_ms"], "ms", stats=copy)

@@ -29,7 +29,7 @@ from conftest import AIA_171, DATA, LASCO_C3  # noqa: E402
 
 from bench.harness import Report, alternate, percentiles, repeat  # noqa: E402
 from heliostat.archive.header import read_record  # noqa: E402
-from heliostat.imaging import colortables, encode, kernels  # noqa: E402
+from heliostat.imaging import colorize, colortables, encode  # noqa: E402
 from heliostat.imaging._openjpeg import J2KDecoder  # noqa: E402
 from heliostat.imaging.blend import blend_over  # noqa: E402
 from heliostat.imaging.compose import Compositor, LayerInput  # noqa: E402
@@ -132,8 +132,8 @@ def kernel_figures(report: Report, aia: np.ndarray) -> None:
                _rotation(10.0, 1.9, n, n // 2), n // 2)  # fmt: skip
 
     lut = colortables.rgba("sdoaia171")
-    layer = kernels.apply_lut_rgba(aia, lut)
-    canvas0 = kernels.apply_lut_rgba(aia[::-1], lut)
+    layer = colorize.apply_lut_rgba(aia, lut)
+    canvas0 = colorize.apply_lut_rgba(aia[::-1], lut)
     canvas = canvas0.copy()
     canvas_copy = np.empty_like(canvas)
     ours_s, copy_s = alternate([lambda: blend_over(layer, 70, canvas),

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from heliostat.archive import sources
-from heliostat.imaging import colortables, kernels
+from heliostat.imaging import colorize, colortables
 
 # Every table a data source uses: the packaged set is exactly these.
 TABLES: tuple[str, ...] = tuple(
@@ -122,7 +122,7 @@ def ref_over_black(src: np.ndarray, mask: np.ndarray, lut: np.ndarray) -> np.nda
 @pytest.mark.parametrize("view", SOURCES)
 def test_apply_lut_rgba_matches_take(view: str) -> None:
     src = BIG[SOURCES[view]]
-    out = kernels.apply_lut_rgba(src, LUT4)
+    out = colorize.apply_lut_rgba(src, LUT4)
     assert out.shape == (*src.shape, 4)
     assert np.array_equal(out, np.take(LUT4, src, axis=0))
 
@@ -130,14 +130,14 @@ def test_apply_lut_rgba_matches_take(view: str) -> None:
 @pytest.mark.parametrize("view", SOURCES)
 def test_apply_lut_rgb_matches_take(view: str) -> None:
     src = BIG[SOURCES[view]]
-    out = kernels.apply_lut_rgb(src, LUT3)
+    out = colorize.apply_lut_rgb(src, LUT3)
     assert np.array_equal(out, np.take(LUT3, src, axis=0))
 
 
 @pytest.mark.parametrize("view", SOURCES)
 def test_apply_lut_rgba_masked_matches_reference(view: str) -> None:
     src, mask = BIG[SOURCES[view]], MASK[SOURCES[view]]
-    out = kernels.apply_lut_rgba_masked(src, mask, LUT4)
+    out = colorize.apply_lut_rgba_masked(src, mask, LUT4)
     want = ref_masked(src, mask, LUT4)
     assert np.array_equal(out, want)
     assert (out[mask == 0] == 0).all()
@@ -150,7 +150,7 @@ def test_apply_lut_rgba_masked_matches_reference(view: str) -> None:
 def test_apply_lut_over_black_matches_reference(view: str, channels: int) -> None:
     src, mask = BIG[SOURCES[view]], MASK[SOURCES[view]]
     lut = LUT4[:, :channels]  # a non-contiguous LUT for 3 and 1 channels
-    out = kernels.apply_lut_over_black(src, mask, lut)
+    out = colorize.apply_lut_over_black(src, mask, lut)
     assert out.shape == (*src.shape, channels)
     assert np.array_equal(out, ref_over_black(src, mask, lut))
 
@@ -159,10 +159,10 @@ def test_kernels_fill_a_window_of_a_larger_canvas() -> None:
     src = BIG[SOURCES["window"]]
     canvas = np.full((400, 500, 4), 7, dtype=np.uint8)
     window = canvas[10 : 10 + src.shape[0], 20 : 20 + src.shape[1]]
-    assert kernels.apply_lut_rgba(src, LUT4, window) is window
+    assert colorize.apply_lut_rgba(src, LUT4, window) is window
     assert np.array_equal(window, np.take(LUT4, src, axis=0))
     mask = MASK[SOURCES["window"]]
-    assert kernels.apply_lut_rgba_masked(src, mask, LUT4, window) is window
+    assert colorize.apply_lut_rgba_masked(src, mask, LUT4, window) is window
     assert np.array_equal(window, ref_masked(src, mask, LUT4))
     untouched = np.ones(canvas.shape[:2], dtype=bool)
     untouched[10 : 10 + src.shape[0], 20 : 20 + src.shape[1]] = False
@@ -171,22 +171,22 @@ def test_kernels_fill_a_window_of_a_larger_canvas() -> None:
 
 def test_preallocated_out_is_filled_and_returned() -> None:
     out3 = np.zeros((*BIG.shape, 3), dtype=np.uint8)
-    assert kernels.apply_lut_rgb(BIG, LUT3, out3) is out3
+    assert colorize.apply_lut_rgb(BIG, LUT3, out3) is out3
     assert np.array_equal(out3, np.take(LUT3, BIG, axis=0))
     out1 = np.zeros((*BIG.shape, 1), dtype=np.uint8)
-    assert kernels.apply_lut_over_black(BIG, MASK, LUT4[:, :1], out1) is out1
+    assert colorize.apply_lut_over_black(BIG, MASK, LUT4[:, :1], out1) is out1
     assert np.array_equal(out1, ref_over_black(BIG, MASK, LUT4[:, :1]))
 
 
 def test_real_table_through_kernel() -> None:
     src = np.arange(256, dtype=np.uint8).reshape(16, 16)
-    out = kernels.apply_lut_rgba(src, colortables.rgba("sdoaia171"))
+    out = colorize.apply_lut_rgba(src, colortables.rgba("sdoaia171"))
     assert np.array_equal(out.reshape(256, 4)[:, :3], colortables.load("sdoaia171"))
     assert (out[..., 3] == 255).all()
 
 
 def test_opaque_histogram() -> None:
-    hist, transparent, partial = kernels.opaque_histogram(BIG, MASK)
+    hist, transparent, partial = colorize.opaque_histogram(BIG, MASK)
     assert np.array_equal(hist, np.bincount(BIG[MASK == 255], minlength=256))
     assert transparent == int((MASK == 0).sum())
     assert partial == int(((MASK > 0) & (MASK < 255)).sum())
@@ -195,18 +195,18 @@ def test_opaque_histogram() -> None:
 @pytest.mark.parametrize(
     ("call", "field"),
     [
-        (lambda: kernels.apply_lut_rgba(BIG.astype(np.int16), LUT4), "src"),
-        (lambda: kernels.apply_lut_rgba(BIG[None], LUT4), "src"),
-        (lambda: kernels.apply_lut_rgba(BIG, LUT3), "lut"),
-        (lambda: kernels.apply_lut_rgba(BIG, LUT4[:255]), "lut"),
-        (lambda: kernels.apply_lut_rgb(BIG, LUT4), "lut"),
-        (lambda: kernels.apply_lut_rgba(BIG, LUT4, np.empty((300, 400, 4), np.uint8)), "out"),
-        (lambda: kernels.apply_lut_rgba(BIG, LUT4, np.empty((300, 401, 4), np.int32)), "out"),
-        (lambda: kernels.apply_lut_rgba(BIG, LUT4, np.empty((4, 300, 401), np.uint8).T), "out"),
-        (lambda: kernels.apply_lut_rgb(BIG, LUT3, np.empty((300, 401, 4), np.uint8)), "out"),
-        (lambda: kernels.apply_lut_rgba_masked(BIG, MASK[:, :400], LUT4), "mask"),
-        (lambda: kernels.apply_lut_over_black(BIG, MASK.astype(bool), LUT4), "mask"),
-        (lambda: kernels.opaque_histogram(BIG, MASK[1:]), "mask"),
+        (lambda: colorize.apply_lut_rgba(BIG.astype(np.int16), LUT4), "src"),
+        (lambda: colorize.apply_lut_rgba(BIG[None], LUT4), "src"),
+        (lambda: colorize.apply_lut_rgba(BIG, LUT3), "lut"),
+        (lambda: colorize.apply_lut_rgba(BIG, LUT4[:255]), "lut"),
+        (lambda: colorize.apply_lut_rgb(BIG, LUT4), "lut"),
+        (lambda: colorize.apply_lut_rgba(BIG, LUT4, np.empty((300, 400, 4), np.uint8)), "out"),
+        (lambda: colorize.apply_lut_rgba(BIG, LUT4, np.empty((300, 401, 4), np.int32)), "out"),
+        (lambda: colorize.apply_lut_rgba(BIG, LUT4, np.empty((4, 300, 401), np.uint8).T), "out"),
+        (lambda: colorize.apply_lut_rgb(BIG, LUT3, np.empty((300, 401, 4), np.uint8)), "out"),
+        (lambda: colorize.apply_lut_rgba_masked(BIG, MASK[:, :400], LUT4), "mask"),
+        (lambda: colorize.apply_lut_over_black(BIG, MASK.astype(bool), LUT4), "mask"),
+        (lambda: colorize.opaque_histogram(BIG, MASK[1:]), "mask"),
     ],
 )
 def test_bad_arguments_raise_value_error_naming_them(call: object, field: str) -> None:
@@ -218,11 +218,11 @@ def test_read_only_out_is_rejected() -> None:
     out = np.empty((*BIG.shape, 4), dtype=np.uint8)
     out.setflags(write=False)
     with pytest.raises(ValueError, match=r"^out:"):
-        kernels.apply_lut_rgba(BIG, LUT4, out)
+        colorize.apply_lut_rgba(BIG, LUT4, out)
 
 
 def test_compiled_loops_release_the_gil() -> None:
-    loops = [v for v in vars(kernels).values() if isinstance(v, numba.core.dispatcher.Dispatcher)]
+    loops = [v for v in vars(colorize).values() if isinstance(v, numba.core.dispatcher.Dispatcher)]
     assert len(loops) >= 5
     for loop in loops:
         assert loop.targetoptions.get("nogil") is True, loop

@@ -16,7 +16,7 @@ from heliostat.archive.header import read_record
 from heliostat.archive.jp2write import write_jp2
 from heliostat.catalog.records import AU_M, ImageRecord
 from heliostat.errors import InvalidArgument, NotFound
-from heliostat.imaging import colortables, kernels
+from heliostat.imaging import colorize, colortables
 from heliostat.imaging._openjpeg import J2KDecoder
 from heliostat.imaging.compose import Compositor, LayerInput, Viewport
 from heliostat.imaging.decode import JP2Reader
@@ -193,7 +193,7 @@ def test_full_disc_at_native_scale_is_the_colour_mapped_decode() -> None:
     view = Viewport(-(col_c + 0.5) * s, -(row_c + 0.5) * s, s, rec.width, rec.height)
     frame = Compositor(DATA, JP2Reader()).compose([LayerInput(rec)], view)
     img = J2KDecoder(f.read_bytes(), 0).decode(0, 0, rec.width, rec.height)
-    ref = kernels.apply_lut_rgba(img, colortables.rgba("sdoaia171"))
+    ref = colorize.apply_lut_rgba(img, colortables.rgba("sdoaia171"))
     assert np.abs(frame.rgba.astype(int) - ref).max() <= 1
     assert frame.layers[0].reduce == 0 and frame.layers[0].drawn
 

@@ -36,7 +36,7 @@ import numpy.typing as npt
 from heliostat.archive import sources
 from heliostat.catalog.records import ImageRecord
 from heliostat.errors import DataLoss, FailedPrecondition, InvalidArgument
-from heliostat.imaging import colortables, kernels
+from heliostat.imaging import colorize, colortables
 from heliostat.imaging.blend import blend_over
 from heliostat.imaging.decode import (
     DecodeError,
@@ -261,9 +261,9 @@ class Compositor:
             lut = self._lut(layer, palette)
             if empty and layer.opacity == 100:
                 # OVER an empty canvas is a copy: colour straight into it.
-                kernels.apply_lut_rgba_masked(samples, alpha, lut, out=canvas)
+                colorize.apply_lut_rgba_masked(samples, alpha, lut, out=canvas)
             else:
-                scratch = kernels.apply_lut_rgba_masked(samples, alpha, lut, out=scratch)
+                scratch = colorize.apply_lut_rgba_masked(samples, alpha, lut, out=scratch)
                 blend_over(scratch, layer.opacity, canvas)
             empty = False
         return Composite(canvas, tuple(placed))

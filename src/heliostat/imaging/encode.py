@@ -14,7 +14,7 @@ Choices, all for speed at tile sizes (512²):
 - JPEG is RGB through the lookup kernel (grey "L" without a table); transparent areas are black.
 - WebP is lossy at WEBP_METHOD, RGBA when there is alpha.
 
-Colour goes through heliostat.imaging.kernels into 4-byte pixels that Pillow maps without a copy.
+Colour goes through heliostat.imaging.colorize into 4-byte pixels that Pillow maps without a copy.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from heliostat.imaging import colortables, kernels
+from heliostat.imaging import colorize, colortables
 
 Format = Literal["png", "jpeg", "webp"]
 FORMATS: tuple[Format, ...] = ("png", "jpeg", "webp")
@@ -152,7 +152,7 @@ def _palette_png(indices: U8Array, rgb: U8Array | None, transparent: int | None)
 def _png(indices: U8Array, rgb: U8Array | None, alpha: U8Array | None) -> bytes:
     if alpha is None:
         return _palette_png(indices, rgb, None)
-    hist, transparent, partial = kernels.opaque_histogram(indices, alpha)
+    hist, transparent, partial = colorize.opaque_histogram(indices, alpha)
     if partial == 0:
         if transparent == 0:
             return _palette_png(indices, rgb, None)
@@ -161,7 +161,7 @@ def _png(indices: U8Array, rgb: U8Array | None, alpha: U8Array | None) -> bytes:
             # The lowest unused index keeps the tRNS chunk (one byte per entry up to it) short.
             spare = np.uint8(unused[0])
             return _palette_png(np.where(alpha == 0, spare, indices), rgb, int(spare))
-    return png_rgba(kernels.apply_lut_rgba_masked(indices, alpha, _lut(rgb)))
+    return png_rgba(colorize.apply_lut_rgba_masked(indices, alpha, _lut(rgb)))
 
 
 def png_rgba(rgba: U8Array) -> bytes:
@@ -224,14 +224,14 @@ def _jpeg(indices: U8Array, rgb: U8Array | None, alpha: U8Array | None, quality:
     if rgb is None:
         grey = indices
         if alpha is not None:
-            grey = kernels.apply_lut_over_black(indices, alpha, colortables.grey()[:, :1])[..., 0]
+            grey = colorize.apply_lut_over_black(indices, alpha, colortables.grey()[:, :1])[..., 0]
         im = Image.fromarray(grey)
     else:
         lut = _lut(rgb)
         if alpha is None:
-            rgbx = kernels.apply_lut_rgba(indices, lut)
+            rgbx = colorize.apply_lut_rgba(indices, lut)
         else:
-            rgbx = kernels.apply_lut_over_black(indices, alpha, lut)
+            rgbx = colorize.apply_lut_over_black(indices, alpha, lut)
         # Pillow stores RGB as 4 bytes a pixel, so RGBX maps without the 3→4 byte unpacking.
         im = _pixels("RGBX", rgbx)
     return _save(im, "JPEG", quality=quality)
@@ -240,7 +240,7 @@ def _jpeg(indices: U8Array, rgb: U8Array | None, alpha: U8Array | None, quality:
 def _webp(indices: U8Array, rgb: U8Array | None, alpha: U8Array | None, quality: int) -> bytes:
     lut = _lut(rgb)
     if alpha is None:
-        im = _pixels("RGBX", kernels.apply_lut_rgba(indices, lut))
+        im = _pixels("RGBX", colorize.apply_lut_rgba(indices, lut))
     else:
-        im = _pixels("RGBA", kernels.apply_lut_rgba_masked(indices, alpha, lut))
+        im = _pixels("RGBA", colorize.apply_lut_rgba_masked(indices, alpha, lut))
     return _save(im, "WEBP", quality=quality, method=WEBP_METHOD, lossless=False)

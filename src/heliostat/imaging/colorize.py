@@ -1,4 +1,4 @@
-"""Colour-table kernels: 8-bit index images through a 256-entry lookup table into RGB(A) pixels.
+"""Colouring: 8-bit index images through a 256-entry lookup table into RGB(A) pixels.
 
 The public functions validate their arguments, then run compiled numba loops that release the
 GIL, so concurrent requests colour tiles on every core. ``src`` may be any 2-D uint8 array,
